@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m producer.demo $(DEMO)
+	$(BIN)/defectscan demo $(DEMO)
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline worker producer tests bench

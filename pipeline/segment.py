@@ -1,0 +1,341 @@
+"""Template segmentation: find every instance of a reference template, then cut aligned crops.
+
+The search runs coarse to fine:
+
+1. **Coarse.** Image and template are shrunk by a power of two ``f`` chosen so the template keeps at
+   least ``min_coarse_side`` pixels. Every (angle, scale) candidate of the template is correlated with
+   the image (``cv2.matchTemplate``, normalised correlation coefficient), and the best candidate is
+   kept per centre. Local maxima above a loose threshold become candidates.
+2. **Fine.** Each candidate is refined at full resolution in a window of ``f + 2`` pixels: a
+   parabola through the best scores at three angles (and three scales) gives the sub-step angle
+   (and scale), twice, with the step shrinking by four; then a quadratic fit of the final score peak
+   gives the sub-pixel centre.
+3. **Selection.** Matches under ``min_score`` are dropped, and non-maximum suppression on the instance
+   boxes keeps the best of overlapping matches, up to ``max_instances``, in reading order.
+
+A rotated template is matched through its *inscribed* part: the centred box that stays inside the
+template for every searched angle, so no matching window ever holds pixels from outside the template
+and no mask is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.errors import InvalidArgumentError, TooSmallError
+from pipeline.geometry import Pose, crop_at_pose, inscribed_fraction, nms, placement_matrix, pose_box
+from pipeline.images import to_gray
+
+Gray = NDArray[np.float32]
+
+
+def parse_range(text: str, name: str = "range") -> tuple[float, ...]:
+    """Parse ``start:stop:step`` (inclusive), a comma list, or one number.
+
+    Example:
+        >>> parse_range("-2:2:1")
+        (-2.0, -1.0, 0.0, 1.0, 2.0)
+        >>> parse_range("0.95:1.05:0.05")
+        (0.95, 1.0, 1.05)
+    """
+    try:
+        if ":" in text:
+            parts = [float(p) for p in text.split(":")]
+            if len(parts) != 3:
+                raise ValueError("expected start:stop:step")
+            start, stop, step = parts
+            if step <= 0 or stop < start:
+                raise ValueError("needs step > 0 and stop >= start")
+            count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            if count > 1000:
+                raise ValueError(f"{count} values is too many")
+            return tuple(round(start + i * step, 9) for i in range(count))
+        values = tuple(sorted(float(v) for v in text.split(",")))
+    except ValueError as exc:
+        raise InvalidArgumentError(name, f"cannot read {text!r} as a range ({exc})") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise InvalidArgumentError(name, f"cannot read {text!r} as a range")
+    return values
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How to search. ``angles`` in degrees, ``scales`` as factors of the template's size."""
+
+    angles: tuple[float, ...] = parse_range("-5:5:1")
+    scales: tuple[float, ...] = (1.0,)
+    min_score: float = 0.5
+    max_instances: int = 64
+    nms_iou: float = 0.2
+    pyramid: bool = True
+    min_coarse_side: int = 40
+
+    def __post_init__(self) -> None:
+        if not self.angles or not self.scales:
+            raise InvalidArgumentError("options", "angles and scales need at least one value each")
+        if min(self.scales) <= 0:
+            raise InvalidArgumentError("scales", "scales must be positive")
+        if max(abs(a) for a in self.angles) > 45:
+            raise InvalidArgumentError("angles", "angles beyond +-45 degrees are not supported")
+        if not 0 < self.min_score <= 1:
+            raise InvalidArgumentError("min_score", "must be in (0, 1]")
+        if self.max_instances < 1:
+            raise InvalidArgumentError("max_instances", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One found instance: its pose, its axis-aligned box ``(x, y, w, h)`` and its match score."""
+
+    pose: Pose
+    box: tuple[float, float, float, float]
+    score: float
+
+
+def _step(values: tuple[float, ...]) -> float:
+    return min(np.diff(values)) if len(values) > 1 else 0.0
+
+
+@dataclass
+class _Probe:
+    """The best match of one (angle, scale) in one window: score and integer top-left."""
+
+    score: float
+    x: int
+    y: int
+    result: NDArray[np.float32] = field(repr=False)
+
+
+class Segmenter:
+    """A template prepared for searching; reuse one for many images of the same product.
+
+    Example:
+        >>> segmenter = Segmenter(template_rgb, SegmentOptions(angles=parse_range("-5:5:1")))
+        >>> detections = segmenter.find(sheet_rgb, "sheet_0001.png")
+        >>> crops = segmenter.crops(sheet_rgb, detections)
+    """
+
+    def __init__(self, template: NDArray[np.uint8], options: SegmentOptions | None = None) -> None:
+        self.options = options or SegmentOptions()
+        self.template = template
+        self.height, self.width = template.shape[:2]
+        self._gray = to_gray(template)
+        self._angle_step = _step(self.options.angles)
+        self._scale_step = _step(self.options.scales)
+        reach = max(abs(a) for a in self.options.angles) + self._angle_step
+        self._inner = inscribed_fraction(self.width, self.height, reach)
+        side = self._inner * min(self.options.scales) * min(self.width, self.height)
+        if side < 8:
+            raise InvalidArgumentError("template", f"{self.width}x{self.height} is too small to search for")
+        self.factor = 1
+        if self.options.pyramid:
+            while self.factor < 16 and side / (self.factor * 2) >= self.options.min_coarse_side:
+                self.factor *= 2
+        self._cache: dict[tuple[float, float, int], Gray] = {}
+
+    # -- templates -------------------------------------------------------------------------------
+
+    def _rotated(self, angle: float, scale: float, factor: int = 1) -> Gray:
+        """The inscribed part of the template at ``angle`` and ``scale``, shrunk by ``factor``."""
+        key = (round(angle, 6), round(scale, 6), factor)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        if factor > 1:
+            full = self._rotated(angle, scale)
+            size = (max(full.shape[1] // factor, 4), max(full.shape[0] // factor, 4))
+            out = cv2.resize(full, size, interpolation=cv2.INTER_AREA)
+        else:
+            iw = max(int(self._inner * scale * self.width), 4)
+            ih = max(int(self._inner * scale * self.height), 4)
+            pose = Pose((iw - 1) / 2.0, (ih - 1) / 2.0, angle, scale)
+            matrix = placement_matrix(pose, self.width, self.height)
+            out = cv2.warpAffine(self._gray, matrix, (iw, ih), flags=cv2.INTER_LINEAR)
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[key] = out
+        return out
+
+    # -- search ----------------------------------------------------------------------------------
+
+    def find(self, image: NDArray[np.uint8], name: str = "image") -> list[Detection]:
+        """Every instance of the template in ``image`` (RGB uint8), in reading order.
+
+        Raises:
+            TooSmallError: the image is smaller than the template in either dimension.
+        """
+        ih, iw = image.shape[:2]
+        if ih < self.height or iw < self.width:
+            raise TooSmallError(
+                name, f"image {iw}x{ih} is smaller than the template {self.width}x{self.height}"
+            )
+        gray = to_gray(image)
+        candidates = self._coarse(gray)
+        refined = [d for d in (self._refine(gray, c) for c in candidates) if d is not None]
+        refined = [d for d in refined if d.score >= self.options.min_score]
+        keep = nms([d.box for d in refined], [d.score for d in refined], self.options.nms_iou)
+        chosen = [refined[i] for i in keep[: self.options.max_instances]]
+        return _reading_order(chosen, self.height)
+
+    def _coarse(self, gray: Gray) -> list[tuple[float, float, float, float]]:
+        """Candidate (cx, cy, angle, scale) at full-resolution coordinates, best first."""
+        f = self.factor
+        small = gray if f == 1 else cv2.resize(gray, (gray.shape[1] // f, gray.shape[0] // f), cv2.INTER_AREA)
+        best = np.full(small.shape, -1.0, np.float32)
+        which = np.zeros(small.shape, np.int32)
+        combos = [(a, s) for a in self.options.angles for s in self.options.scales]
+        for j, (angle, scale) in enumerate(combos):
+            tpl = self._rotated(angle, scale, f)
+            th, tw = tpl.shape
+            if th > small.shape[0] or tw > small.shape[1]:
+                continue
+            result = cv2.matchTemplate(small, tpl, cv2.TM_CCOEFF_NORMED)
+            oy, ox = (th - 1) // 2, (tw - 1) // 2
+            region = best[oy : oy + result.shape[0], ox : ox + result.shape[1]]
+            better = result > region
+            region[better] = result[better]
+            which[oy : oy + result.shape[0], ox : ox + result.shape[1]][better] = j
+        tpl = self._rotated(0.0, min(self.options.scales), f)
+        radius = max(min(tpl.shape) // 4, 1)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        peaks = (best >= cv2.dilate(best, kernel)) & (best >= max(self.options.min_score - 0.25, 0.05))
+        ys, xs = np.nonzero(peaks)
+        order = np.argsort(-best[ys, xs], kind="stable")[: 4 * self.options.max_instances + 8]
+        out = []
+        for i in order:
+            angle, scale = combos[int(which[ys[i], xs[i]])]
+            out.append((xs[i] * f + (f - 1) / 2.0, ys[i] * f + (f - 1) / 2.0, angle, scale))
+        return out
+
+    def _probe(self, gray: Gray, cx: float, cy: float, angle: float, scale: float, margin: int) -> _Probe | None:
+        """Match one (angle, scale) in a window of ``margin`` pixels around an estimated centre."""
+        tpl = self._rotated(angle, scale)
+        th, tw = tpl.shape
+        x0 = round(cx - (tw - 1) / 2.0) - margin
+        y0 = round(cy - (th - 1) / 2.0) - margin
+        xa, ya = max(x0, 0), max(y0, 0)
+        xb = min(x0 + tw + 2 * margin, gray.shape[1])
+        yb = min(y0 + th + 2 * margin, gray.shape[0])
+        if xb - xa < tw or yb - ya < th:
+            return None
+        result = cv2.matchTemplate(gray[ya:yb, xa:xb], tpl, cv2.TM_CCOEFF_NORMED)
+        _, score, _, (px, py) = cv2.minMaxLoc(result)
+        return _Probe(float(score), xa + px, ya + py, result)
+
+    def _refine(self, gray: Gray, candidate: tuple[float, float, float, float]) -> Detection | None:
+        """Climb to the best angle and scale at full resolution, then fit the sub-pixel centre.
+
+        A candidate whose first full-resolution probe scores well under ``min_score`` is dropped
+        before any climbing: most false coarse peaks end there.
+        """
+        cx, cy, angle, scale = candidate
+        margin = self.factor + 2
+        first = self._probe(gray, cx, cy, angle, scale, margin)
+        if first is None or first.score < self.options.min_score - 0.15:
+            return None
+        cx, cy = self._centre(first, angle, scale)
+        current: _Probe | None = first
+        for shrink in (1.0, 4.0, 16.0):
+            for axis, step in (("angle", self._angle_step), ("scale", self._scale_step)):
+                if step == 0:
+                    continue
+                climbed = self._climb(gray, (cx, cy, angle, scale), axis, step / shrink, margin, current)
+                if climbed is None:
+                    return None
+                (cx, cy, angle, scale), current = climbed
+            margin, current = 2, None
+        final = self._probe(gray, cx, cy, angle, scale, margin)
+        if final is None:
+            return None
+        dx, dy = _subpixel(final.result)
+        centre_x, centre_y = self._centre(final, angle, scale)
+        pose = Pose(float(centre_x + dx), float(centre_y + dy), float(angle), float(scale))
+        return Detection(pose, pose_box(pose, self.width, self.height), round(final.score, 6))
+
+    def _climb(
+        self,
+        gray: Gray,
+        start: tuple[float, float, float, float],
+        axis: str,
+        delta: float,
+        margin: int,
+        middle: _Probe | None,
+    ) -> tuple[tuple[float, float, float, float], _Probe] | None:
+        """Walk ``angle`` or ``scale`` by ``delta`` while a neighbour scores better, then move to the
+        parabola's vertex. ``middle`` is the probe already made at the start, if any.
+
+        Returns the new (cx, cy, angle, scale) and the best probe seen."""
+        cx, cy, angle, scale = start
+
+        def probe(value: float) -> _Probe | None:
+            if axis == "angle":
+                return self._probe(gray, cx, cy, value, scale, margin)
+            return self._probe(gray, cx, cy, angle, value, margin)
+
+        value = angle if axis == "angle" else scale
+        for _ in range(8):
+            probes = [probe(value - delta), middle or probe(value), probe(value + delta)]
+            if any(p is None for p in probes):
+                return None
+            scores = [p.score for p in probes if p is not None]
+            best = int(np.argmax(scores))
+            found = probes[best]
+            assert found is not None
+            moved = best != 1
+            value += (float(best - 1) if moved else _parabola_peak(scores)) * delta
+            angle, scale = (value, scale) if axis == "angle" else (angle, value)
+            cx, cy = self._centre(found, angle, scale)
+            middle = found
+            if not moved:
+                break
+        return (cx, cy, angle, scale), middle
+
+    def _centre(self, probe: _Probe, angle: float, scale: float) -> tuple[float, float]:
+        th, tw = self._rotated(angle, scale).shape
+        return probe.x + (tw - 1) / 2.0, probe.y + (th - 1) / 2.0
+
+    def crops(self, image: NDArray[np.uint8], detections: Iterable[Detection]) -> list[NDArray[np.uint8]]:
+        """The aligned crop of each detection: rotated and scaled back to the template's frame and size."""
+        return [crop_at_pose(image, d.pose, self.width, self.height) for d in detections]
+
+
+def _argmax_xy(result: NDArray[np.float32]) -> tuple[int, int]:
+    _, _, _, (x, y) = cv2.minMaxLoc(result)
+    return int(x), int(y)
+
+
+def _parabola_peak(values: list[float]) -> float:
+    """Offset in (-0.5, 0.5) of the vertex of the parabola through three equally spaced samples."""
+    left, mid, right = values
+    curvature = left - 2 * mid + right
+    if curvature >= 0:
+        return 0.0
+    return float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
+
+
+def _subpixel(result: NDArray[np.float32]) -> tuple[float, float]:
+    """Sub-pixel offset of the peak of a score map by parabolas along its row and column."""
+    x, y = _argmax_xy(result)
+    dx = dy = 0.0
+    if 0 < x < result.shape[1] - 1:
+        dx = _parabola_peak([float(result[y, x - 1]), float(result[y, x]), float(result[y, x + 1])])
+    if 0 < y < result.shape[0] - 1:
+        dy = _parabola_peak([float(result[y - 1, x]), float(result[y, x]), float(result[y + 1, x])])
+    return dx, dy
+
+
+def _reading_order(detections: list[Detection], template_height: int) -> list[Detection]:
+    """Rows top to bottom (a new row starts half a template below the last row's start), then left to right."""
+    rows: list[list[Detection]] = []
+    for det in sorted(detections, key=lambda d: d.pose.cy):
+        if rows and det.pose.cy - rows[-1][0].pose.cy <= template_height / 2:
+            rows[-1].append(det)
+        else:
+            rows.append([det])
+    return [d for row in rows for d in sorted(row, key=lambda d: d.pose.cx)]

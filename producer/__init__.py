@@ -1,0 +1,1 @@
+"""The ``defectscan`` command line: local jobs now, listing and enqueueing batches later."""

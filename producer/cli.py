@@ -1,0 +1,173 @@
+"""The ``defectscan`` command and its sub-commands.
+
+Every sub-command is a thin wrapper: it parses options, calls ``pipeline`` (through the shell modules
+that read and write files), and turns typed errors into readable messages.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pipeline.errors import DefectscanError, InvalidArgumentError
+from pipeline.images import DEFAULT_MAX_PIXELS, decode_image, encode_png
+from pipeline.segment import SegmentOptions, Segmenter, parse_range
+from producer.local_segment import expand_inputs, segment_files
+from producer.synth_files import write_synthetic_set
+from worker.storage import LocalStorage, read_local
+
+err = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar(total: int, label: str) -> Iterator[Progress]:
+    """A rich progress bar on stderr; it draws only on a terminal."""
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        bar.add_task(label, total=total)
+        yield bar
+
+
+def _parse_box(text: str) -> tuple[int, int, int, int]:
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not x,y,w,h in whole pixels") from None
+    if w <= 0 or h <= 0 or x < 0 or y < 0:
+        raise click.BadParameter(f"{text!r}: x and y must be >= 0, w and h > 0")
+    return x, y, w, h
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="defectscan")
+def cli() -> None:
+    """defectscan: visual inspection of printed and repeated parts."""
+
+
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--sheets", default=20, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--defect-rate", default=0.25, show_default=True, type=click.FloatRange(0.0, 1.0))
+@click.option("--seed", default=0, show_default=True, type=int)
+def synth(out: Path, sheets: int, defect_rate: float, seed: int) -> None:
+    """Generate synthetic print sheets with ground truth, and MVTec-style aligned crops, into OUT."""
+    with progress_bar(sheets, "synth") as bar:
+        counts = write_synthetic_set(
+            LocalStorage(out), sheets, defect_rate, seed, on_sheet=lambda _: bar.advance(bar.task_ids[0])
+        )
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(counts.by_split.items()))
+    click.echo(f"wrote {counts.sheets} sheets with {counts.instances} instances to {out} ({splits})")
+
+
+@cli.group()
+def template() -> None:
+    """Reference templates."""
+
+
+@template.command("cut")
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--box", required=True, help="x,y,w,h of the template in IMAGE, in pixels.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def template_cut(image: Path, box: str, out: Path) -> None:
+    """Cut a reference template out of IMAGE by hand."""
+    x, y, w, h = _parse_box(box)
+    rgb = decode_image(read_local(image), str(image))
+    height, width = rgb.shape[:2]
+    if x + w > width or y + h > height:
+        raise InvalidArgumentError(str(image), f"box {box} reaches outside the {width}x{height} image")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    LocalStorage(out.parent).put(out.name, encode_png(rgb[y : y + h, x : x + w]))
+    click.echo(f"wrote {w}x{h} template to {out}")
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--template", "template_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--max-instances", default=64, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--min-score", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True))
+@click.option("--angles", default="-5:5:1", show_default=True, help="Degrees: start:stop:step, a list, or one.")
+@click.option("--scales", default="1", show_default=True, help="Factors: start:stop:step, a list, or one.")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1))
+@click.option("--pyramid/--no-pyramid", default=True, show_default=True, help="Coarse-to-fine search.")
+def segment(
+    images: tuple[Path, ...],
+    template_path: Path,
+    out: Path,
+    max_instances: int,
+    min_score: float,
+    angles: str,
+    scales: str,
+    max_pixels: int,
+    pyramid: bool,
+) -> None:
+    """Find every instance of a template in IMAGES (files or folders) and cut aligned crops into OUT.
+
+    Writes OUT/<image-stem>.json with the detections and OUT/<image-stem>_<k>.png per crop. A file that
+    fails gets an "error" in its JSON and the run goes on; the exit status is 1 if any file failed.
+    """
+    options = SegmentOptions(
+        angles=parse_range(angles, "--angles"),
+        scales=parse_range(scales, "--scales"),
+        min_score=min_score,
+        max_instances=max_instances,
+        pyramid=pyramid,
+    )
+    reference = decode_image(read_local(template_path), str(template_path))
+    segmenter = Segmenter(reference, options)
+    paths = expand_inputs(images)
+    with progress_bar(len(paths), "segment") as bar:
+
+        def report(path: Path, record: object) -> None:
+            bar.advance(bar.task_ids[0])
+            error = getattr(record, "error", None)
+            if error is not None:
+                err.print(f"[red]error[/red] {error.message} [{error.code}]", highlight=False)
+
+        summary = segment_files(paths, segmenter, str(template_path), LocalStorage(out), max_pixels, report)
+    click.echo(
+        f"segmented {summary.images} images: {summary.detections} instances, "
+        f"{len(summary.failures)} failed; results in {out}"
+    )
+    if summary.failures:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("out", default="demo-output", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--sheets", default=8, show_default=True, type=click.IntRange(1, 1000))
+def demo(out: Path, sheets: int) -> None:
+    """Generate a sample batch of synthetic sheets and run the pipeline on it, all in local folders."""
+    data, results = out / "data", out / "segments"
+    synth.main([str(data), "--sheets", str(sheets), "--defect-rate", "0.25", "--seed", "7"], standalone_mode=False)
+    args = [str(data / "sheets"), "--template", str(data / "template.png"), "--out", str(results)]
+    segment.main([*args, "--angles", "-5:5:1", "--scales", "0.95:1.05:0.05"], standalone_mode=False)
+    click.echo(f"sample sheets:   {data / 'sheets'}")
+    click.echo(f"segment results: {results}  (<sheet>.json per sheet, <sheet>_<k>.png per aligned crop)")
+
+
+def main() -> None:
+    """Console-script entry point: typed errors become one readable line and exit status 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except DefectscanError as exc:
+        err.print(f"[red]error[/red] {exc} [{exc.code}]", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

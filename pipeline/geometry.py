@@ -99,7 +99,7 @@ def inscribed_fraction(width: int, height: int, max_angle: float) -> float:
 
 
 def crop_at_pose(image: np.ndarray, pose: Pose, width: int, height: int) -> np.ndarray:
-    """Cut the aligned ``width x height`` crop of an instance: rotated and scaled back to the template's frame.
+    """Cut the aligned ``width x height`` crop of an instance, rotated and scaled back to the template frame.
 
     Pixels outside the image are black. Bilinear interpolation keeps sub-pixel alignment.
     """

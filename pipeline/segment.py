@@ -52,7 +52,7 @@ def parse_range(text: str, name: str = "range") -> tuple[float, ...]:
             start, stop, step = parts
             if step <= 0 or stop < start:
                 raise ValueError("needs step > 0 and stop >= start")
-            count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            count = math.floor((stop - start) / step + 1e-9) + 1
             if count > 1000:
                 raise ValueError(f"{count} values is too many")
             return tuple(round(start + i * step, 9) for i in range(count))
@@ -150,13 +150,13 @@ class Segmenter:
         if factor > 1:
             full = self._rotated(angle, scale)
             size = (max(full.shape[1] // factor, 4), max(full.shape[0] // factor, 4))
-            out = cv2.resize(full, size, interpolation=cv2.INTER_AREA)
+            out = np.asarray(cv2.resize(full, size, interpolation=cv2.INTER_AREA), np.float32)
         else:
             iw = max(int(self._inner * scale * self.width), 4)
             ih = max(int(self._inner * scale * self.height), 4)
             pose = Pose((iw - 1) / 2.0, (ih - 1) / 2.0, angle, scale)
             matrix = placement_matrix(pose, self.width, self.height)
-            out = cv2.warpAffine(self._gray, matrix, (iw, ih), flags=cv2.INTER_LINEAR)
+            out = np.asarray(cv2.warpAffine(self._gray, matrix, (iw, ih), flags=cv2.INTER_LINEAR), np.float32)
         if len(self._cache) > 4096:
             self._cache.clear()
         self._cache[key] = out
@@ -186,7 +186,8 @@ class Segmenter:
     def _coarse(self, gray: Gray) -> list[tuple[float, float, float, float]]:
         """Candidate (cx, cy, angle, scale) at full-resolution coordinates, best first."""
         f = self.factor
-        small = gray if f == 1 else cv2.resize(gray, (gray.shape[1] // f, gray.shape[0] // f), cv2.INTER_AREA)
+        size = (gray.shape[1] // f, gray.shape[0] // f)
+        small = gray if f == 1 else cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         best = np.full(small.shape, -1.0, np.float32)
         which = np.zeros(small.shape, np.int32)
         combos = [(a, s) for a in self.options.angles for s in self.options.scales]
@@ -213,7 +214,9 @@ class Segmenter:
             out.append((xs[i] * f + (f - 1) / 2.0, ys[i] * f + (f - 1) / 2.0, angle, scale))
         return out
 
-    def _probe(self, gray: Gray, cx: float, cy: float, angle: float, scale: float, margin: int) -> _Probe | None:
+    def _probe(
+        self, gray: Gray, cx: float, cy: float, angle: float, scale: float, margin: int
+    ) -> _Probe | None:
         """Match one (angle, scale) in a window of ``margin`` pixels around an estimated centre."""
         tpl = self._rotated(angle, scale)
         th, tw = tpl.shape
@@ -224,7 +227,7 @@ class Segmenter:
         yb = min(y0 + th + 2 * margin, gray.shape[0])
         if xb - xa < tw or yb - ya < th:
             return None
-        result = cv2.matchTemplate(gray[ya:yb, xa:xb], tpl, cv2.TM_CCOEFF_NORMED)
+        result = np.asarray(cv2.matchTemplate(gray[ya:yb, xa:xb], tpl, cv2.TM_CCOEFF_NORMED), np.float32)
         _, score, _, (px, py) = cv2.minMaxLoc(result)
         return _Probe(float(score), xa + px, ya + py, result)
 
@@ -279,6 +282,7 @@ class Segmenter:
             return self._probe(gray, cx, cy, angle, value, margin)
 
         value = angle if axis == "angle" else scale
+        found: _Probe | None = None
         for _ in range(8):
             probes = [probe(value - delta), middle or probe(value), probe(value + delta)]
             if any(p is None for p in probes):
@@ -286,7 +290,8 @@ class Segmenter:
             scores = [p.score for p in probes if p is not None]
             best = int(np.argmax(scores))
             found = probes[best]
-            assert found is not None
+            if found is None:
+                return None
             moved = best != 1
             value += (float(best - 1) if moved else _parabola_peak(scores)) * delta
             angle, scale = (value, scale) if axis == "angle" else (angle, value)
@@ -294,7 +299,7 @@ class Segmenter:
             middle = found
             if not moved:
                 break
-        return (cx, cy, angle, scale), middle
+        return ((cx, cy, angle, scale), found) if found is not None else None
 
     def _centre(self, probe: _Probe, angle: float, scale: float) -> tuple[float, float]:
         th, tw = self._rotated(angle, scale).shape
@@ -331,7 +336,7 @@ def _subpixel(result: NDArray[np.float32]) -> tuple[float, float]:
 
 
 def _reading_order(detections: list[Detection], template_height: int) -> list[Detection]:
-    """Rows top to bottom (a new row starts half a template below the last row's start), then left to right."""
+    """Rows top to bottom, then left to right; a row starts half a template below the previous row's start."""
     rows: list[list[Detection]] = []
     for det in sorted(detections, key=lambda d: d.pose.cy):
         if rows and det.pose.cy - rows[-1][0].pose.cy <= template_height / 2:

@@ -63,7 +63,7 @@ class SheetSpec:
     gradient: tuple[float, float] = (0.08, 0.18)
 
 
-@dataclass
+@dataclass(eq=False)
 class Defect:
     """One defect on one instance, in the template's own frame."""
 
@@ -214,13 +214,13 @@ def render_instance(
         sigma = 1.2 + 2.8 * strength
         blurred = cv2.GaussianBlur(text, (0, 0), sigma)
         image = _compose(np.maximum(structures, blurred))
-        mask = _changed(blurred, text, 0.12, 1)
+        mask = _changed(blurred, text, 0.04, 1)
     elif defect_type == "structural":
         variant = str(rng.choice(["missing", "broken", "bent"]))
         ray = int(rng.integers(_BURST[3]))
         broken = _structure_coverage(ray, variant, strength)
         image = _compose(np.maximum(broken, text))
-        mask = _changed(broken, structures, 0.2, 2)
+        mask = _changed(broken, structures, 0.04, 1)
     elif defect_type == "color":
         image, mask = _color_blob(clean, structures, strength, rng)
     elif defect_type == "scratch":
@@ -320,16 +320,16 @@ def generate_sheet(
 
 def _roi(pose: Pose, width: int, height: int, margin: int = 3) -> tuple[int, int, int, int]:
     x, y, w, h = pose_box(pose, TEMPLATE_WIDTH, TEMPLATE_HEIGHT)
-    x0, y0 = max(int(math.floor(x)) - margin, 0), max(int(math.floor(y)) - margin, 0)
-    x1 = min(int(math.ceil(x + w)) + margin, width)
-    y1 = min(int(math.ceil(y + h)) + margin, height)
+    x0, y0 = max(math.floor(x) - margin, 0), max(math.floor(y) - margin, 0)
+    x1 = min(math.ceil(x + w) + margin, width)
+    y1 = min(math.ceil(y + h) + margin, height)
     return x0, y0, x1, y1
 
 
 def _warp_into_roi(source: np.ndarray, pose: Pose, roi: tuple[int, int, int, int], flags: int) -> np.ndarray:
     x0, y0, x1, y1 = roi
     matrix = placement_matrix(pose, TEMPLATE_WIDTH, TEMPLATE_HEIGHT)
-    matrix[:, 2] -= (x0, y0)
+    matrix[:, 2] -= np.array([x0, y0], dtype=np.float64)
     return cv2.warpAffine(source, matrix, (x1 - x0, y1 - y0), flags=flags, borderMode=cv2.BORDER_CONSTANT)
 
 
@@ -355,7 +355,7 @@ def _photograph(canvas: np.ndarray, spec: SheetSpec, rng: np.random.Generator) -
     xs = (np.arange(spec.width, dtype=np.float32) / spec.width - 0.5) * math.cos(phi)
     ys = (np.arange(spec.height, dtype=np.float32) / spec.height - 0.5) * math.sin(phi)
     gain = 1.0 + amplitude * 2.0 * (ys[:, None] + xs[None, :])
-    image = canvas * gain[..., None]
-    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(*spec.blur_sigma))
-    image += rng.normal(0.0, spec.noise_sigma, image.shape).astype(np.float32)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    lit = canvas * gain[..., None]
+    blurred = np.asarray(cv2.GaussianBlur(lit, (0, 0), rng.uniform(*spec.blur_sigma)), np.float32)
+    blurred += rng.standard_normal(blurred.shape, dtype=np.float32) * np.float32(spec.noise_sigma)
+    return np.clip(np.rint(blurred), 0, 255).astype(np.uint8)

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pipeline.errors import DefectscanError, InvalidArgumentError
 from pipeline.images import DEFAULT_MAX_PIXELS, decode_image, encode_png
-from pipeline.segment import SegmentOptions, Segmenter, parse_range
+from pipeline.segment import Segmenter, SegmentOptions, parse_range
 from producer.local_segment import expand_inputs, segment_files
 from producer.synth_files import write_synthetic_set
 from worker.storage import LocalStorage, read_local
@@ -92,7 +92,9 @@ def template_cut(image: Path, box: str, out: Path) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--max-instances", default=64, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--min-score", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True))
-@click.option("--angles", default="-5:5:1", show_default=True, help="Degrees: start:stop:step, a list, or one.")
+@click.option(
+    "--angles", default="-5:5:1", show_default=True, help="Degrees: start:stop:step, a list, or one."
+)
 @click.option("--scales", default="1", show_default=True, help="Factors: start:stop:step, a list, or one.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1))
 @click.option("--pyramid/--no-pyramid", default=True, show_default=True, help="Coarse-to-fine search.")
@@ -145,7 +147,9 @@ def segment(
 def demo(out: Path, sheets: int) -> None:
     """Generate a sample batch of synthetic sheets and run the pipeline on it, all in local folders."""
     data, results = out / "data", out / "segments"
-    synth.main([str(data), "--sheets", str(sheets), "--defect-rate", "0.25", "--seed", "7"], standalone_mode=False)
+    synth.main(
+        [str(data), "--sheets", str(sheets), "--defect-rate", "0.25", "--seed", "7"], standalone_mode=False
+    )
     args = [str(data / "sheets"), "--template", str(data / "template.png"), "--out", str(results)]
     segment.main([*args, "--angles", "-5:5:1", "--scales", "0.95:1.05:0.05"], standalone_mode=False)
     click.echo(f"sample sheets:   {data / 'sheets'}")

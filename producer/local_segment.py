@@ -75,7 +75,9 @@ def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            out.extend(
+                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            )
         else:
             out.append(path)
     return out
@@ -87,7 +89,9 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
     seen: dict[str, Path] = {}
     for path, stem in zip(paths, stems, strict=True):
         if stem in seen:
-            raise InvalidArgumentError(str(path), f"has the same stem {stem!r} as {seen[stem]}; outputs would collide")
+            raise InvalidArgumentError(
+                str(path), f"has the same stem {stem!r} as {seen[stem]}; outputs would collide"
+            )
         seen[stem] = path
     return stems
 

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipeline.errors import DefectscanError, InvalidArgumentError
 from pipeline.images import DEFAULT_MAX_PIXELS, decode_image, encode_png
 from pipeline.segment import Segmenter, SegmentOptions, parse_range
-from producer.local_segment import expand_inputs, segment_files
+from producer.local_segment import SegmentationRecord, expand_inputs, segment_files
 from producer.synth_files import write_synthetic_set
 from worker.storage import LocalStorage, read_local
 
@@ -32,6 +33,11 @@ def progress_bar(total: int, label: str) -> Iterator[Progress]:
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
         bar.add_task(label, total=total)
         yield bar
+
+
+def print_error(message: str, code: str) -> None:
+    """One line on stderr: ``error <message> [<code>]``, never wrapped, never read as markup."""
+    err.print(f"[red]error[/red] {escape(message)} {escape(f'[{code}]')}", highlight=False, soft_wrap=True)
 
 
 def _parse_box(text: str) -> tuple[int, int, int, int]:
@@ -126,11 +132,10 @@ def segment(
     paths = expand_inputs(images)
     with progress_bar(len(paths), "segment") as bar:
 
-        def report(path: Path, record: object) -> None:
+        def report(path: Path, record: SegmentationRecord) -> None:
             bar.advance(bar.task_ids[0])
-            error = getattr(record, "error", None)
-            if error is not None:
-                err.print(f"[red]error[/red] {error.message} [{error.code}]", highlight=False)
+            if record.error is not None:
+                print_error(record.error.message, record.error.code)
 
         summary = segment_files(paths, segmenter, str(template_path), LocalStorage(out), max_pixels, report)
     click.echo(
@@ -169,7 +174,7 @@ def main() -> None:
         err.print("aborted")
         sys.exit(130)
     except DefectscanError as exc:
-        err.print(f"[red]error[/red] {exc} [{exc.code}]", highlight=False)
+        print_error(str(exc), exc.code)
         sys.exit(2)
 
 

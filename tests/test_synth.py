@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def test_defect_mask_covers_exactly_what_changed(kind: str) -> None:
 @pytest.mark.parametrize("kind", DEFECT_TYPES)
 def test_defect_area_grows_with_strength(kind: str) -> None:
     areas = [render_instance(kind, s, np.random.default_rng(3))[1].area_px for s in np.linspace(0, 1, 6)]  # type: ignore[union-attr]
-    assert all(a <= b for a, b in zip(areas, areas[1:], strict=False)), areas
+    assert all(a <= b for a, b in itertools.pairwise(areas)), areas
 
 
 @pytest.mark.parametrize(("rate", "expected"), [(0.0, 0), (1.0, 8)])

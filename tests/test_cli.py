@@ -1,0 +1,164 @@
+"""The defectscan command end to end: synth, template cut, segment over good and bad files, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.images import decode_image, encode_png
+from producer.cli import cli
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    result = CliRunner().invoke(
+        cli, ["synth", str(out), "--sheets", "2", "--defect-rate", "0.5", "--seed", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 sheets with 16 instances" in result.output
+    return out
+
+
+def test_template_cut_writes_the_box(synth_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "t.png"
+    result = CliRunner().invoke(
+        cli, ["template", "cut", str(synth_dir / "template.png"), "--box", "10,20,100,50", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    reference = decode_image((synth_dir / "template.png").read_bytes(), "template.png")
+    np.testing.assert_array_equal(decode_image(out.read_bytes(), "t.png"), reference[20:70, 10:110])
+
+
+def test_template_cut_outside_the_image_is_refused(synth_dir: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            str(BIN / "defectscan"),
+            "template",
+            "cut",
+            str(synth_dir / "template.png"),
+            "--box",
+            "400,300,100,100",
+            "--out",
+            str(tmp_path / "t.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "template.png" in proc.stderr and "outside" in proc.stderr and "invalid_argument" in proc.stderr
+    assert not (tmp_path / "t.png").exists()
+
+
+def _bad_files(folder: Path) -> dict[str, str]:
+    """Write one file of each kind of bad input; returns file name -> expected error code."""
+    folder.mkdir()
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.png").write_bytes(b"not an image at all\n" * 50)
+    good = encode_png(np.full((600, 800, 3), 40, np.uint8))
+    (folder / "truncated.png").write_bytes(good[: len(good) // 3])
+    (folder / "tiny.png").write_bytes(encode_png(np.zeros((100, 100, 3), np.uint8)))
+    (folder / "big.png").write_bytes(encode_png(np.zeros((1500, 2100, 3), np.uint8)))  # 3.15 MP
+    return {
+        "empty.png": "empty_file",
+        "notes.png": "decode_error",
+        "truncated.png": "decode_error",
+        "tiny.png": "too_small",
+        "big.png": "too_large",
+        "missing.png": "unreadable",
+    }
+
+
+def test_segment_goes_on_past_bad_files_and_names_them(synth_dir: Path, tmp_path: Path) -> None:
+    bad = _bad_files(tmp_path / "bad")
+    out = tmp_path / "out"
+    args = [
+        "segment",
+        str(synth_dir / "sheets"),
+        *(str(tmp_path / "bad" / name) for name in sorted(bad)),
+        "--template",
+        str(synth_dir / "template.png"),
+        "--out",
+        str(out),
+        "--scales",
+        "0.95:1.05:0.05",
+        "--max-pixels",
+        "3000000",  # above the 2.88 MP sheets, below big.png
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert "segmented 8 images: 16 instances, 6 failed" in result.output
+    for name, code in bad.items():
+        record = json.loads((out / f"{Path(name).stem}.json").read_text())
+        assert record["schema"] == "defectscan.segments/1"
+        assert record["error"]["code"] == code, (name, record["error"])
+        assert name in record["error"]["message"]
+        assert record["detections"] == []
+    for index in range(2):
+        record = json.loads((out / f"sheet_{index:04d}.json").read_text())
+        assert record["error"] is None and record["width"] == 2400 and record["height"] == 1200
+        assert [d["index"] for d in record["detections"]] == list(range(8))
+        for det in record["detections"]:
+            x, y, w, h = det["box"]
+            assert x >= 0 and x + w <= 2400 and y >= 0 and y + h <= 1200
+            assert det["score"] >= 0.5 and abs(det["angle"]) <= 5
+            crop = decode_image((out / det["crop"]).read_bytes(), det["crop"])
+            assert crop.shape == (352, 448, 3)
+    assert not [p for p in out.iterdir() if p.name.endswith(".part")]
+
+
+def test_segment_finds_nothing_on_an_empty_sheet(synth_dir: Path, tmp_path: Path) -> None:
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(encode_png(np.full((1200, 2400, 3), 30, np.uint8)))
+    result = CliRunner().invoke(
+        cli,
+        ["segment", str(blank), "--template", str(synth_dir / "template.png"), "--out", str(tmp_path / "o")],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "o" / "blank.json").read_text())
+    assert record["detections"] == [] and record["error"] is None
+
+
+def test_same_stem_twice_is_refused_before_any_work(synth_dir: Path, tmp_path: Path) -> None:
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "x.png").write_bytes(encode_png(np.zeros((400, 500, 3), np.uint8)))
+    result = CliRunner().invoke(
+        cli,
+        [
+            "segment",
+            str(tmp_path / "a/x.png"),
+            str(tmp_path / "b/x.png"),
+            "--template",
+            str(synth_dir / "template.png"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "same stem" in str(result.exception)
+    assert not (tmp_path / "o").exists()
+
+
+def test_console_script_demo_runs_the_main_job(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [str(BIN / "defectscan"), "demo", str(tmp_path / "demo"), "--sheets", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "segmented 2 images: 16 instances, 0 failed" in proc.stdout
+    assert str(tmp_path / "demo" / "segments") in proc.stdout
+    assert len(list((tmp_path / "demo" / "segments").glob("sheet_*_*.png"))) == 16

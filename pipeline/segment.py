@@ -126,6 +126,8 @@ class Segmenter:
         self.template = template
         self.height, self.width = template.shape[:2]
         self._gray = to_gray(template)
+        if float(self._gray.std()) < 1.0:
+            raise InvalidArgumentError("template", "is featureless (one flat colour); nothing to match")
         self._angle_step = _step(self.options.angles)
         self._scale_step = _step(self.options.scales)
         reach = max(abs(a) for a in self.options.angles) + self._angle_step
@@ -137,6 +139,9 @@ class Segmenter:
         if self.options.pyramid:
             while self.factor < 16 and side / (self.factor * 2) >= self.options.min_coarse_side:
                 self.factor *= 2
+        # Only templates on the search grid are reused from image to image; the angles and scales that
+        # refinement probes are continuous and would grow the cache without end.
+        self._grid = {(round(a, 6), round(s, 6)) for a in self.options.angles for s in self.options.scales}
         self._cache: dict[tuple[float, float, int], Gray] = {}
 
     # -- templates -------------------------------------------------------------------------------
@@ -157,9 +162,8 @@ class Segmenter:
             pose = Pose((iw - 1) / 2.0, (ih - 1) / 2.0, angle, scale)
             matrix = placement_matrix(pose, self.width, self.height)
             out = np.asarray(cv2.warpAffine(self._gray, matrix, (iw, ih), flags=cv2.INTER_LINEAR), np.float32)
-        if len(self._cache) > 4096:
-            self._cache.clear()
-        self._cache[key] = out
+        if key[:2] in self._grid:
+            self._cache[key] = out
         return out
 
     # -- search ----------------------------------------------------------------------------------

@@ -152,3 +152,21 @@ def test_parse_range(text: str, expected: tuple[float, ...]) -> None:
 def test_parse_range_rejects(text: str) -> None:
     with pytest.raises(InvalidArgumentError):
         parse_range(text, "--angles")
+
+
+def test_template_cache_holds_only_the_search_grid(template: np.ndarray, sheets: list[Sheet]) -> None:
+    segmenter = Segmenter(template, SEARCH)
+    for sheet in sheets:
+        segmenter.find(sheet.image)
+    grid = len(SEARCH.angles) * len(SEARCH.scales)
+    assert len(segmenter._cache) <= 2 * grid  # full-resolution and coarse copies, nothing more
+
+
+def test_featureless_template_is_refused() -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        Segmenter(np.full((100, 120, 3), 90, np.uint8))
+    assert "featureless" in str(info.value)
+
+
+def test_flat_image_gives_no_detections_and_no_nan(segmenter: Segmenter) -> None:
+    assert segmenter.find(np.zeros((900, 1200, 3), np.uint8), "black.png") == []

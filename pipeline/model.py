@@ -1,0 +1,424 @@
+"""Anomaly models: train on OK images, score crops with test-time augmentation, calibrate, save, load.
+
+An :class:`AnomalyModel` wraps one of anomalib's networks (see :mod:`pipeline.networks`). Its
+:class:`ModelConfig` is the whole recipe: it is stored in ``model.json`` beside the weights, and loading
+rebuilds the network from it.
+
+**Scoring.** Crops are resized to ``image_size`` squared, scaled to [0, 1], expanded into their TTA views
+(all views in one batch), normalised with the backbone's mean and std, and run through the network.
+Each view's anomaly map is mapped back through the view's inverse, the maps are combined (mean, or max),
+and the result is resized to the crop's own size. The raw score of a crop is the maximum of that map,
+so a crop scores above the threshold exactly when some pixel of its map does. The raw score is never
+clipped; ``normalized`` is ``sigmoid((score - threshold) / ok_std)``, 0.5 at the threshold.
+
+**Calibration.** Without defect samples, ``holdout`` (20 %) of the OK images are kept out of training
+and scored; the threshold is ``mean + 3 std`` of their scores, but at least their maximum. With labelled
+defect crops, the threshold is the one that maximises F1 over the held-out OK and the defect crops.
+
+**Artifact** (a directory): ``model.safetensors`` (every tensor of the network, backbone included, so a
+model never depends on a weights package or the network), ``model.json`` (config, preprocessing,
+calibration, training-set summary, metrics, created_at, version) and ``reference.png`` (the mean OK
+crop). Loading executes no code from the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pipeline import networks, tta
+from pipeline.backbone import DEFAULT_LAYERS, LITE2, normalization
+from pipeline.errors import DefectscanError, InvalidArgumentError
+from pipeline.images import encode_png
+
+SCHEMA = "defectscan.model/1"
+METHODS = ("patchcore", "padim")
+AUGMENTS = ("hflip", "vflip", "colorjitter")
+
+
+class ModelNotFoundError(DefectscanError):
+    """No model directory, or not a defectscan model, at the given place."""
+
+    code = "model_not_found"
+
+
+class ModelFormatError(DefectscanError):
+    """A model directory whose files are unreadable or inconsistent."""
+
+    code = "bad_model"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that builds and runs a model; stored in ``model.json``."""
+
+    method: str = "patchcore"
+    backbone: str = LITE2
+    backbone_weights: str | None = None
+    layers: tuple[str, ...] = DEFAULT_LAYERS
+    image_size: int = 256
+    coreset_ratio: float = 0.1
+    num_neighbors: int = 9
+    tta_views: tuple[str, ...] = tta.DEFAULT_VIEWS
+    tta_reduce: str = "mean"
+    batch_size: int = 8
+    holdout: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InvalidArgumentError("--method", f"{self.method!r} is not one of {', '.join(METHODS)}")
+        if not 32 <= self.image_size <= 1024 or self.image_size % 32:
+            raise InvalidArgumentError("--image-size", "must be a multiple of 32 from 32 to 1024")
+        if not 0 < self.coreset_ratio <= 1:
+            raise InvalidArgumentError("coreset_ratio", "must be in (0, 1]")
+        if not 0 <= self.holdout < 1:
+            raise InvalidArgumentError("holdout", "must be in [0, 1)")
+        object.__setattr__(self, "tta_views", tta.check_views(self.tta_views))
+        if self.tta_reduce not in ("mean", "max"):
+            raise InvalidArgumentError("tta_reduce", "must be mean or max")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float
+    rule: str
+    ok_mean: float
+    ok_std: float
+    ok_count: int
+    defect_count: int = 0
+    f1: float | None = None
+
+
+@dataclass
+class ScoreResult:
+    """One crop's result: raw score, anomaly map at the crop's resolution, normalised score."""
+
+    score: float
+    anomaly_map: NDArray[np.float32] = field(repr=False)
+    normalized: float
+    is_anomalous: bool
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class AnomalyModel:
+    """A trained model: network, config, calibration and metadata."""
+
+    def __init__(
+        self, config: ModelConfig, net: nn.Module, calibration: Calibration, meta: dict[str, object]
+    ):
+        self.config = config
+        self.net = net.to(device()).eval()
+        self.calibration = calibration
+        self.meta = meta
+        mean, std = normalization(config.backbone)
+        self._mean = torch.tensor(mean, device=device()).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, device=device()).view(1, 3, 1, 1)
+
+    # -- training ------------------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        ok: Sequence[NDArray[np.uint8]],
+        config: ModelConfig | None = None,
+        aux: Sequence[NDArray[np.uint8]] = (),
+        aux_weight: float = 0.1,
+        augment: Sequence[str] = (),
+        val_defects: Sequence[NDArray[np.uint8]] = (),
+        names: Sequence[str] = (),
+    ) -> AnomalyModel:
+        """Train on OK crops (RGB uint8, any sizes), calibrate, and return the model.
+
+        Example:
+            >>> model = AnomalyModel.fit(ok_crops, ModelConfig(method="patchcore"))
+            >>> [r.score for r in model.score(test_crops)]
+        """
+        config = config or ModelConfig()
+        if len(ok) < 2:
+            raise InvalidArgumentError("--ok", f"needs at least 2 OK images, got {len(ok)}")
+        if not 0 < aux_weight <= 1:
+            raise InvalidArgumentError("--aux-weight", "must be in (0, 1]")
+        unknown = [a for a in augment if a not in AUGMENTS]
+        if unknown:
+            raise InvalidArgumentError("--augment", f"unknown {unknown}; known: {', '.join(AUGMENTS)}")
+        torch.manual_seed(config.seed)
+        held = _holdout_indices(len(ok), config.holdout)
+        train = [img for i, img in enumerate(ok) if i not in held]
+        train += [aug for kind in augment for aug in _augmented(train, kind, config.seed)]
+        weights = [1.0] * len(train) + [aux_weight] * len(aux)
+        samples = [*train, *aux]
+        net = networks.build(config.method, config.backbone, config.layers, config.num_neighbors)
+        networks.load_backbone(net, config.backbone, config.backbone_weights)
+        model = cls(config, net, Calibration(math.inf, "uncalibrated", 0.0, 1.0, 0), {})
+        batches = model._training_batches(samples, weights)
+        if config.method == "patchcore":
+            assert isinstance(net, networks.BankPatchcore)
+            stats = networks.fit_patchcore(net, batches, config.coreset_ratio)
+        else:
+            stats = networks.fit_padim(net, batches)  # type: ignore[arg-type]
+        model.net.eval()
+        ok_scores = [r.score for r in model.score([ok[i] for i in sorted(held)])] if held else []
+        defect_scores = [r.score for r in model.score(val_defects)] if val_defects else []
+        model.calibration = calibrate(ok_scores, defect_scores)
+        model.meta = {
+            "training": {
+                "ok_count": len(ok),
+                "trained_on": len(train),
+                "held_out": len(held),
+                "aux_count": len(aux),
+                "aux_weight": aux_weight if aux else None,
+                "augment": list(augment),
+                "sha256": _dataset_hash(ok, aux),
+                "names": list(names)[:2000],
+                **stats,
+            },
+            "reference_size": _reference_size(ok),
+        }
+        model.meta["reference"] = reference_image(ok)
+        return model
+
+    def _preprocess(self, images: Sequence[NDArray[np.uint8]]) -> torch.Tensor:
+        size = self.config.image_size
+        resized = [
+            cv2.resize(
+                img,
+                (size, size),
+                interpolation=cv2.INTER_AREA if min(img.shape[:2]) > size else cv2.INTER_LINEAR,
+            )
+            for img in images
+        ]
+        batch = torch.from_numpy(np.stack(resized)).to(device()).permute(0, 3, 1, 2).float().div_(255.0)
+        return batch
+
+    def _normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        return (batch - self._mean) / self._std
+
+    def _training_batches(
+        self, samples: Sequence[NDArray[np.uint8]], weights: Sequence[float]
+    ) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            step = self.config.batch_size
+            for start in range(0, len(samples), step):
+                images = self._normalise(self._preprocess(samples[start : start + step]))
+                yield images, torch.tensor(weights[start : start + step], device=images.device)
+
+        return batches
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def score(
+        self,
+        images: Sequence[NDArray[np.uint8]],
+        use_tta: bool = True,
+        batch_size: int | None = None,
+    ) -> list[ScoreResult]:
+        """Score crops (RGB uint8, any sizes). Each batch holds ``batch_size`` crops times their views."""
+        views = self.config.tta_views if use_tta else ("identity",)
+        step = batch_size or self.config.batch_size
+        out: list[ScoreResult] = []
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            maps = self.maps(self._preprocess(chunk), views)
+            for img, amap in zip(chunk, maps, strict=True):
+                full = cv2.resize(amap, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+                full = np.asarray(full, dtype=np.float32)
+                out.append(self._result(full))
+        return out
+
+    def maps(self, batch: torch.Tensor, views: Sequence[str]) -> NDArray[np.float32]:
+        """Anomaly maps ``(B, S, S)`` for a batch of [0, 1] images ``(B, 3, S, S)``, TTA merged."""
+        expanded = self._normalise(tta.expand(batch, views))
+        with torch.autocast(device_type=expanded.device.type, dtype=torch.float16, enabled=expanded.is_cuda):
+            result = self.net(expanded)
+        merged = tta.merge(result.anomaly_map.float(), views, self.config.tta_reduce)
+        return merged[:, 0].cpu().numpy().astype(np.float32)
+
+    def _result(self, amap: NDArray[np.float32]) -> ScoreResult:
+        score = float(amap.max())
+        cal = self.calibration
+        z = (score - cal.threshold) / max(cal.ok_std, 1e-9)
+        normalized = 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+        return ScoreResult(score, amap, normalized, score > cal.threshold)
+
+    # -- artifact ------------------------------------------------------------------------------
+
+    def save(self, directory: str | Path, version: str | None = None) -> Path:
+        """Write the artifact into ``directory`` (created); returns it."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        created = datetime.now(UTC).replace(microsecond=0)
+        meta = {k: v for k, v in self.meta.items() if k != "reference"}
+        version = version or _version_id(created, self.meta, self.config)
+        doc = {
+            "schema": SCHEMA,
+            "version": version,
+            "created_at": created.isoformat().replace("+00:00", "Z"),
+            "config": asdict(self.config),
+            "preprocessing": {
+                "resize": [self.config.image_size, self.config.image_size],
+                "scale": 1 / 255,
+                "mean": list(normalization(self.config.backbone)[0]),
+                "std": list(normalization(self.config.backbone)[1]),
+            },
+            "tta": {"views": list(self.config.tta_views), "reduce": self.config.tta_reduce},
+            "calibration": asdict(self.calibration),
+            "score": {
+                "image": "max of the anomaly map",
+                "normalized": "sigmoid((score - threshold) / ok_std)",
+            },
+            **meta,
+        }
+        save_file(state, str(out / "model.safetensors"))
+        reference = self.meta.get("reference")
+        if isinstance(reference, np.ndarray):
+            (out / "reference.png").write_bytes(encode_png(reference))
+        (out / "model.json").write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+        self.meta["version"] = version
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> AnomalyModel:
+        """Load an artifact written by :meth:`save`; no network, no pickle."""
+        path = Path(directory)
+        doc_path = path / "model.json"
+        if not doc_path.is_file():
+            raise ModelNotFoundError(str(path), "no model.json: not a defectscan model directory")
+        try:
+            doc = json.loads(doc_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelFormatError(str(doc_path), f"unreadable ({exc})") from None
+        if doc.get("schema") != SCHEMA:
+            raise ModelFormatError(str(doc_path), f"schema {doc.get('schema')!r} is not {SCHEMA}")
+        raw = dict(doc["config"])
+        raw["layers"] = tuple(raw["layers"])
+        raw["tta_views"] = tuple(raw["tta_views"])
+        config = ModelConfig(**raw)
+        net = networks.build(config.method, config.backbone, config.layers, config.num_neighbors)
+        try:
+            state = load_file(str(path / "model.safetensors"))
+            net.load_state_dict(state, strict=True)
+        except Exception as exc:
+            raise ModelFormatError(str(path / "model.safetensors"), f"cannot load weights ({exc})") from None
+        calibration = Calibration(**doc["calibration"])
+        meta = {k: v for k, v in doc.items() if k not in ("config", "calibration")}
+        return cls(config, net, calibration, meta)
+
+    def with_views(self, views: Sequence[str], reduce: str | None = None) -> AnomalyModel:
+        """The same model scoring with other TTA views (for evaluation and benchmarks)."""
+        config = replace(self.config, tta_views=tuple(views), tta_reduce=reduce or self.config.tta_reduce)
+        return AnomalyModel(config, self.net, self.calibration, self.meta)
+
+
+def calibrate(ok_scores: Sequence[float], defect_scores: Sequence[float] = ()) -> Calibration:
+    """The threshold rule from the module docstring."""
+    ok = np.asarray(ok_scores, dtype=np.float64)
+    if ok.size == 0:
+        raise InvalidArgumentError("holdout", "calibration needs held-out OK images (holdout > 0)")
+    mean, std = float(ok.mean()), float(ok.std(ddof=1)) if ok.size > 1 else 0.0
+    std = max(std, 1e-6 * max(abs(mean), 1.0))
+    if len(defect_scores) == 0:
+        threshold = max(mean + 3 * std, float(ok.max()))
+        return Calibration(threshold, "ok-holdout: max(mean + 3 std, max)", mean, std, int(ok.size))
+    bad = np.asarray(defect_scores, dtype=np.float64)
+    threshold, f1 = f1_optimal_threshold(ok, bad)
+    return Calibration(
+        threshold,
+        "f1-optimal over held-out OK and labelled defects",
+        mean,
+        std,
+        int(ok.size),
+        int(bad.size),
+        f1,
+    )
+
+
+def f1_optimal_threshold(ok: NDArray[np.float64], bad: NDArray[np.float64]) -> tuple[float, float]:
+    """The threshold (midway between neighbouring scores) with the best F1 for 'defect' as positive."""
+    scores = np.concatenate([ok, bad])
+    labels = np.concatenate([np.zeros(ok.size), np.ones(bad.size)])
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    tp = np.cumsum(y)
+    fp = np.cumsum(1 - y)
+    f1 = 2 * tp / (tp + fp + y.sum())
+    best = int(np.argmax(f1))
+    below = s[best + 1] if best + 1 < s.size else s[best] - 1e-6
+    return float((s[best] + below) / 2), float(f1[best])
+
+
+def _holdout_indices(n: int, fraction: float) -> set[int]:
+    """Every k-th image, spread over the set, so the split is deterministic and covers it evenly."""
+    if fraction <= 0:
+        return set()
+    count = min(max(2, round(n * fraction)), n - 1)
+    return {int(i) for i in np.linspace(0, n - 1, count + 2)[1:-1].round()}
+
+
+def _augmented(images: Sequence[NDArray[np.uint8]], kind: str, seed: int) -> list[NDArray[np.uint8]]:
+    if kind == "hflip":
+        return [np.ascontiguousarray(img[:, ::-1]) for img in images]
+    if kind == "vflip":
+        return [np.ascontiguousarray(img[::-1]) for img in images]
+    rng = np.random.default_rng(seed)
+    out = []
+    for img in images:
+        gain, offset = rng.uniform(0.9, 1.1), rng.uniform(-10, 10)
+        out.append(np.clip(img.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8))
+    return out
+
+
+def _dataset_hash(ok: Sequence[NDArray[np.uint8]], aux: Sequence[NDArray[np.uint8]]) -> str:
+    digest = hashlib.sha256()
+    for img in [*ok, *aux]:
+        digest.update(hashlib.sha256(np.ascontiguousarray(img).tobytes()).digest())
+    return digest.hexdigest()
+
+
+def _reference_size(images: Sequence[NDArray[np.uint8]]) -> list[int]:
+    heights = sorted(img.shape[0] for img in images)
+    widths = sorted(img.shape[1] for img in images)
+    return [widths[len(widths) // 2], heights[len(heights) // 2]]
+
+
+def reference_image(images: Sequence[NDArray[np.uint8]]) -> NDArray[np.uint8]:
+    """The mean OK image, at the median size (aligned crops all share one size)."""
+    width, height = _reference_size(images)
+    total = np.zeros((height, width, 3), np.float64)
+    for img in images:
+        if img.shape[:2] != (height, width):
+            img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+        total += img
+    return np.clip(np.rint(total / len(images)), 0, 255).astype(np.uint8)
+
+
+def _version_id(created: datetime, meta: dict[str, object], config: ModelConfig) -> str:
+    training = meta.get("training", {})
+    data_hash = training.get("sha256", "") if isinstance(training, dict) else ""
+    digest = hashlib.sha256(f"{data_hash}{asdict(config)}{created.isoformat()}".encode()).hexdigest()[:4]
+    return f"{created.strftime('%Y%m%dT%H%MZ')}-{digest}"
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,136 @@
+"""anomalib's torch models, built offline on our backbone, and how each one learns from OK images.
+
+* **patchcore**: anomalib's ``PatchcoreModel`` (feature pooling, multi-layer embedding, nearest-neighbour
+  patch scores, re-weighted image score, blurred anomaly map). Only the memory bank is ours: it comes
+  from :func:`pipeline.coreset.k_center_greedy` instead of anomalib's one-pick-per-pass greedy.
+* **padim**: anomalib's ``PadimModel``; the per-location Gaussian is fitted with per-sample weights.
+
+Auxiliary images (GAN-made or otherwise augmented OK images) enter with a weight ``w`` in (0, 1]:
+
+* *patchcore*: aux patches compete in the coreset with ``w`` times their distance, and every bank entry
+  that came from an aux image carries a distance penalty ``(1 - w) * tau``, where ``tau`` is the median
+  distance between neighbouring bank entries. A test patch that matches only aux features therefore
+  scores higher the lower ``w`` is; at ``w = 1`` aux images count as OK images.
+* *padim*: the mean and covariance are weighted means over samples, aux samples weighing ``w``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from anomalib.models.image.padim.torch_model import PadimModel
+from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+from torch import nn
+
+from pipeline.backbone import load_weights
+from pipeline.coreset import k_center_greedy
+
+PADIM_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
+
+
+class BankPatchcore(PatchcoreModel):
+    """PatchCore whose bank entries may carry a distance penalty (see the module docstring)."""
+
+    def __init__(self, layers: tuple[str, ...], backbone: str, num_neighbors: int) -> None:
+        super().__init__(
+            layers=list(layers), backbone=backbone, pre_trained=False, num_neighbors=num_neighbors
+        )
+        self.register_buffer("bank_penalty", torch.empty(0))
+
+    def euclidean_dist(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        distances = PatchcoreModel.euclidean_dist(x, y)
+        if self.bank_penalty.numel() and y.shape[0] == self.bank_penalty.shape[0]:
+            distances = distances + self.bank_penalty[None, :]
+        return distances
+
+
+def build(method: str, backbone: str, layers: tuple[str, ...], num_neighbors: int = 9) -> nn.Module:
+    """An untrained network of ``method``, its backbone without weights (they are loaded next)."""
+    if method == "patchcore":
+        return BankPatchcore(layers, backbone, num_neighbors)
+    if method == "padim":
+        torch.manual_seed(0)  # anomalib draws PaDiM's feature subset from the global generator
+        net = PadimModel(backbone=backbone, layers=list(layers), pre_trained=False, n_features=100)
+        return net
+    raise ValueError(f"unknown method {method!r}")
+
+
+def backbone_module(net: nn.Module) -> nn.Module:
+    """The timm ``features_only`` module inside an anomalib model."""
+    extractor = net.feature_extractor
+    assert isinstance(extractor, nn.Module)
+    inner = extractor.feature_extractor
+    assert isinstance(inner, nn.Module)
+    return inner
+
+
+def load_backbone(net: nn.Module, backbone: str, weights: str | None) -> None:
+    load_weights(backbone_module(net), backbone, weights)
+
+
+Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+"""Yields (normalised images ``(B, 3, S, S)``, per-image weights ``(B,)``) over the training set."""
+
+
+@torch.no_grad()
+def fit_patchcore(net: BankPatchcore, batches: Batches, coreset_ratio: float) -> dict[str, float]:
+    net.train()
+    embeddings, weights = [], []
+    for images, w in batches():
+        emb = net(images)  # training mode: (B * h * w, D) patch embeddings
+        embeddings.append(emb)
+        weights.append(w.repeat_interleave(emb.shape[0] // images.shape[0]))
+    net.embedding_store.clear()
+    bank = torch.cat(embeddings)
+    weight = torch.cat(weights)
+    idx = k_center_greedy(bank, int(bank.shape[0] * coreset_ratio), weights=weight)
+    net.memory_bank = bank[idx].contiguous()
+    chosen_w = weight[idx]
+    penalty = torch.zeros(len(idx))
+    if bool((chosen_w < 1).any()):
+        tau = _neighbour_scale(net.memory_bank)
+        penalty = (1 - chosen_w) * tau
+    net.bank_penalty = penalty
+    net.eval()
+    return {
+        "patches": float(bank.shape[0]),
+        "bank": float(len(idx)),
+        "aux_in_bank": float((chosen_w < 1).sum()),
+    }
+
+
+def _neighbour_scale(bank: torch.Tensor, sample: int = 4096) -> float:
+    """Median distance from a bank entry to its nearest other entry."""
+    rows = bank[torch.linspace(0, bank.shape[0] - 1, min(sample, bank.shape[0])).long()]
+    d = PatchcoreModel.euclidean_dist(rows, bank)
+    d[d <= 1e-6] = float("inf")  # the entry itself
+    return float(d.amin(1).median())
+
+
+@torch.no_grad()
+def fit_padim(net: PadimModel, batches: Batches) -> dict[str, float]:
+    net.train()
+    total_w = 0.0
+    mean: torch.Tensor | None = None
+    outer: torch.Tensor | None = None
+    count = 0
+    for images, w in batches():
+        emb = net(images)  # (B, C, H, W)
+        net.memory_bank.clear()
+        flat = emb.flatten(2).permute(2, 0, 1)  # (HW, B, C)
+        ww = w.to(flat)[None, :, None]
+        wsum = (flat * ww).sum(1)
+        wouter = torch.einsum("pbc,pbd->pcd", flat * ww, flat)
+        mean = wsum if mean is None else mean + wsum
+        outer = wouter if outer is None else outer + wouter
+        total_w += float(w.sum())
+        count += images.shape[0]
+    assert mean is not None and outer is not None
+    mu = mean / total_w  # (HW, C)
+    cov = outer / total_w - torch.einsum("pc,pd->pcd", mu, mu)
+    cov = cov * (count / max(count - 1, 1)) + 0.01 * torch.eye(cov.shape[-1])
+    net.gaussian.mean = mu.T.contiguous()  # anomalib keeps (C, HW)
+    net.gaussian.inv_covariance = torch.linalg.inv(cov)
+    net.eval()
+    return {"samples": float(count), "features": float(mu.shape[1])}

@@ -403,9 +403,8 @@ def reference_image(images: Sequence[NDArray[np.uint8]]) -> NDArray[np.uint8]:
     width, height = _reference_size(images)
     total = np.zeros((height, width, 3), np.float64)
     for img in images:
-        if img.shape[:2] != (height, width):
-            img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
-        total += img
+        same = img.shape[:2] == (height, width)
+        total += img if same else cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
     return np.clip(np.rint(total / len(images)), 0, 255).astype(np.uint8)
 
 

@@ -36,11 +36,13 @@ class BankPatchcore(PatchcoreModel):
         super().__init__(
             layers=list(layers), backbone=backbone, pre_trained=False, num_neighbors=num_neighbors
         )
+        self.bank_penalty: torch.Tensor
         self.register_buffer("bank_penalty", torch.empty(0))
 
     def euclidean_dist(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """anomalib's distance, plus each bank entry's penalty when ``y`` is the memory bank itself."""
         distances = PatchcoreModel.euclidean_dist(x, y)
-        if self.bank_penalty.numel() and y.shape[0] == self.bank_penalty.shape[0]:
+        if self.bank_penalty.numel() and y is self.memory_bank:
             distances = distances + self.bank_penalty[None, :]
         return distances
 

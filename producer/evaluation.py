@@ -1,0 +1,78 @@
+"""Run a model over an MVTec-layout test set and report the metrics of :mod:`pipeline.evaluate`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.errors import DefectscanError
+from pipeline.evaluate import Sample, summarize
+from pipeline.images import decode_image
+from pipeline.model import AnomalyModel
+from producer.datasets import TestItem
+from worker.storage import read_local
+
+
+def run_evaluation(model: AnomalyModel, items: Sequence[TestItem], use_tta: bool = True) -> dict[str, object]:
+    """Score every test item and summarise; unreadable items are counted and left out."""
+    samples: list[Sample] = []
+    failures: list[dict[str, str]] = []
+    score_s = 0.0
+    batch: list[tuple[TestItem, object, object]] = []
+
+    def flush() -> None:
+        nonlocal score_s
+        if not batch:
+            return
+        start = time.perf_counter()
+        results = model.score([b[1] for b in batch], use_tta=use_tta)  # type: ignore[misc]
+        score_s += time.perf_counter() - start
+        for (item, _, mask), res in zip(batch, results, strict=True):
+            samples.append(Sample(item.kind, res.score, res.anomaly_map, mask))  # type: ignore[arg-type]
+        batch.clear()
+
+    for item in items:
+        try:
+            image = decode_image(read_local(item.path), str(item.path))
+            mask = None
+            if item.mask is not None:
+                mask = decode_image(read_local(item.mask), str(item.mask))[..., 0] > 127
+        except DefectscanError as exc:
+            failures.append(exc.as_dict())
+            continue
+        batch.append((item, image, mask))
+        if len(batch) == model.config.batch_size:
+            flush()
+    flush()
+    result = summarize(samples, model.calibration.threshold, model.config.image_size)
+    result["tta"] = list(model.config.tta_views) if use_tta else ["identity"]
+    result["model"] = {"method": model.config.method, "version": model.meta.get("version")}
+    result["failures"] = failures
+    result["timings"] = {
+        "score_s": round(score_s, 3),
+        "ms_per_image": round(1000 * score_s / max(len(samples), 1), 2),
+    }
+    return result
+
+
+def print_metrics(result: dict[str, object], console: Console) -> None:
+    table = Table(title=f"{result['model']}  TTA {','.join(result['tta'])}")  # type: ignore[arg-type]
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+
+    def fmt(value: object) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    for key in ("images", "good", "defective", "image_auroc", "pixel_auroc", "aupro", "f1_at_threshold"):
+        table.add_row(key, fmt(result.get(key)))
+    per_type = result.get("per_type", {})
+    assert isinstance(per_type, dict)
+    for kind, values in per_type.items():
+        table.add_row(f"image_auroc[{kind}] (n={values['count']})", fmt(values["image_auroc"]))
+    timings = result.get("timings", {})
+    assert isinstance(timings, dict)
+    table.add_row("ms per image", fmt(timings.get("ms_per_image")))
+    console.print(table)

@@ -1,0 +1,200 @@
+"""Anomaly models on small synthetic crops: training, TTA scoring, calibration, artifact, backbones."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from pipeline.backbone import LITE2, BackboneError, lite2_weights_path, timm_state_dict
+from pipeline.evaluate import auroc
+from pipeline.model import AnomalyModel, ModelConfig, ModelFormatError, ModelNotFoundError, calibrate
+from pipeline.synth import render_instance
+
+SMALL = ModelConfig(image_size=96, batch_size=8)
+
+
+def _photo(image: np.ndarray, seed: int) -> np.ndarray:
+    """A rendered instance as a camera would see it: gain jitter and sensor noise."""
+    rng = np.random.default_rng(seed)
+    noisy = image * rng.uniform(0.95, 1.05) + rng.normal(0, 2.5, image.shape)
+    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+
+
+def _crops(kind: str | None, count: int, seed: int, strength: float = 0.9) -> list[np.ndarray]:
+    out = []
+    for i in range(count):
+        image, _ = render_instance(kind, strength, np.random.default_rng([seed, i]))
+        out.append(_photo(image, seed * 1000 + i))
+    return out
+
+
+@pytest.fixture(scope="module")
+def good() -> list[np.ndarray]:
+    return _crops(None, 14, 1)
+
+
+@pytest.fixture(scope="module")
+def patchcore(good: list[np.ndarray]) -> AnomalyModel:
+    return AnomalyModel.fit(good, SMALL)
+
+
+@pytest.fixture(scope="module")
+def test_set() -> tuple[list[np.ndarray], list[int]]:
+    ok = _crops(None, 6, 2)
+    bad = [c for kind in ("structural", "color", "scratch", "blurry_text") for c in _crops(kind, 3, 3)]
+    return ok + bad, [0] * len(ok) + [1] * len(bad)
+
+
+@pytest.mark.parametrize("method", ["patchcore", "padim"])
+def test_defective_crops_score_above_good_ones(
+    method: str, good: list[np.ndarray], patchcore: AnomalyModel, test_set: tuple[list[np.ndarray], list[int]]
+) -> None:
+    model = (
+        patchcore
+        if method == "patchcore"
+        else AnomalyModel.fit(good, ModelConfig(method="padim", image_size=96))
+    )
+    images, labels = test_set
+    scores = [r.score for r in model.score(images)]
+    assert auroc(labels, scores) >= 0.9
+    ok_max = max(s for s, y in zip(scores, labels, strict=True) if y == 0)
+    bad_median = float(np.median([s for s, y in zip(scores, labels, strict=True) if y == 1]))
+    assert bad_median > ok_max
+
+
+def test_maps_come_back_at_the_crops_own_resolution(patchcore: AnomalyModel) -> None:
+    crops = [np.zeros((352, 448, 3), np.uint8) + 30, np.zeros((50, 70, 3), np.uint8) + 30]
+    results = patchcore.score(crops)
+    assert results[0].anomaly_map.shape == (352, 448) and results[1].anomaly_map.shape == (50, 70)
+    for r in results:
+        assert r.anomaly_map.dtype == np.float32
+        assert r.score == pytest.approx(float(r.anomaly_map.max()))  # raw score, never clipped
+        assert 0.0 <= r.normalized <= 1.0
+
+
+def test_scores_are_deterministic(
+    patchcore: AnomalyModel, test_set: tuple[list[np.ndarray], list[int]]
+) -> None:
+    a = patchcore.score(test_set[0][:5])
+    b = patchcore.score(test_set[0][:5])
+    for x, y in zip(a, b, strict=True):
+        assert x.score == y.score and np.array_equal(x.anomaly_map, y.anomaly_map)
+
+
+def test_tta_realigns_maps(patchcore: AnomalyModel, test_set: tuple[list[np.ndarray], list[int]]) -> None:
+    # With views {identity, hflip}, scoring a mirrored crop gives the mirrored map.
+    model = patchcore.with_views(["identity", "hflip"])
+    crop = test_set[0][-4]
+    (plain,) = model.score([crop])
+    (mirrored,) = model.score([np.ascontiguousarray(crop[:, ::-1])])
+    span = float(plain.anomaly_map.max() - plain.anomaly_map.min())
+    realigned = np.abs(mirrored.anomaly_map[:, ::-1] - plain.anomaly_map).max()
+    unaligned = np.abs(mirrored.anomaly_map - plain.anomaly_map).max()
+    # Not bit-exact: TF-style "same" padding of stride-2 convolutions is asymmetric.
+    assert realigned < 0.01 * span and unaligned > 10 * realigned
+    (single,) = patchcore.score([crop], use_tta=False)
+    assert not np.allclose(single.anomaly_map, plain.anomaly_map)
+
+
+def test_save_and_load_give_identical_scores(
+    patchcore: AnomalyModel,
+    test_set: tuple[list[np.ndarray], list[int]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    patchcore.save(tmp_path / "m")
+    doc = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert doc["schema"] == "defectscan.model/1" and doc["config"]["method"] == "patchcore"
+    assert doc["training"]["ok_count"] == 14 and len(doc["training"]["sha256"]) == 64
+    assert doc["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and doc["tta"]["views"] == [
+        "identity",
+        "hflip",
+        "vflip",
+    ]
+    assert doc["calibration"]["threshold"] == patchcore.calibration.threshold
+    assert (tmp_path / "m" / "reference.png").is_file()
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {
+        "model.json",
+        "model.safetensors",
+        "reference.png",
+    }
+
+    def no_pickle(*args: object, **kwargs: object) -> None:
+        raise AssertionError("loading a model must not unpickle anything")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    loaded = AnomalyModel.load(tmp_path / "m")
+    for a, b in zip(patchcore.score(test_set[0]), loaded.score(test_set[0]), strict=True):
+        assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)
+
+
+def test_missing_and_broken_models_are_named(tmp_path: Path, patchcore: AnomalyModel) -> None:
+    with pytest.raises(ModelNotFoundError) as info:
+        AnomalyModel.load(tmp_path / "nothing")
+    assert info.value.code == "model_not_found" and "nothing" in str(info.value)
+    patchcore.save(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelFormatError):
+        AnomalyModel.load(tmp_path / "m")
+
+
+def test_aux_weight_moves_scores_the_expected_way(good: list[np.ndarray]) -> None:
+    """A feature seen only in auxiliary images scores higher the lower their weight."""
+    aux = _crops("color", 6, 7)
+    probe = _crops("color", 2, 8)
+    scores = {}
+    for weight in (0.05, 0.5, 1.0):
+        model = AnomalyModel.fit(good, SMALL, aux=aux, aux_weight=weight)
+        scores[weight] = float(np.mean([r.score for r in model.score(probe)]))
+    unseen = float(np.mean([r.score for r in AnomalyModel.fit(good, SMALL).score(probe)]))
+    assert scores[1.0] < scores[0.5] < scores[0.05]
+    assert scores[0.05] <= unseen * 1.05  # even a low weight teaches a little
+
+
+def test_calibration_rules() -> None:
+    ok = [1.0, 1.2, 0.9, 1.1, 1.05]
+    cal = calibrate(ok)
+    assert cal.threshold >= max(ok) and cal.rule.startswith("ok-holdout")
+    cal = calibrate(ok, [1.15, 2.0, 3.0])
+    # Between 1.1 and 1.15: 3 true positives, 1 false (the OK 1.2), F1 6/7, better than 0.8 above 1.2.
+    assert cal.rule.startswith("f1-optimal") and cal.threshold == pytest.approx(1.125)
+    assert cal.f1 == pytest.approx(6 / 7)
+
+
+def test_val_defects_set_an_f1_threshold(good: list[np.ndarray]) -> None:
+    model = AnomalyModel.fit(good, SMALL, val_defects=_crops("structural", 4, 9))
+    assert model.calibration.defect_count == 4 and model.calibration.f1 is not None
+
+
+def test_lite2_weights_map_onto_timm_offline() -> None:
+    state = timm_state_dict()
+    reference = timm.create_model(LITE2, pretrained=False).state_dict()
+    assert list(state) == list(reference)
+    assert all(state[k].shape == reference[k].shape for k in state)
+    assert lite2_weights_path().is_file()
+
+
+def test_other_timm_backbones_need_local_weights(tmp_path: Path, good: list[np.ndarray]) -> None:
+    with pytest.raises(BackboneError, match="local weights"):
+        AnomalyModel.fit(good, ModelConfig(backbone="resnet18", layers=("layer2", "layer3"), image_size=64))
+    weights = tmp_path / "resnet18.safetensors"
+    torch.manual_seed(0)
+    save_file(timm.create_model("resnet18", pretrained=False).state_dict(), str(weights))
+    config = ModelConfig(
+        backbone="resnet18", backbone_weights=str(weights), layers=("layer2", "layer3"), image_size=64
+    )
+    model = AnomalyModel.fit(good, config)
+    assert len(model.score(good[:2])) == 2
+
+
+def test_nothing_reaches_the_network() -> None:
+    # The autouse guard in conftest refuses non-loopback connections; every model test ran under it.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("93.184.216.34", 443), timeout=1)

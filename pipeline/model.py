@@ -39,12 +39,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline import networks, tta
-from pipeline.backbone import DEFAULT_LAYERS, LITE2, normalization
+from pipeline.backbone import LITE2, normalization
 from pipeline.errors import DefectscanError, InvalidArgumentError
 from pipeline.images import encode_png
 
 SCHEMA = "defectscan.model/1"
-METHODS = ("patchcore", "padim")
+METHODS = ("patchcore", "padim", "stfpm")
 AUGMENTS = ("hflip", "vflip", "colorjitter")
 
 
@@ -67,7 +67,7 @@ class ModelConfig:
     method: str = "patchcore"
     backbone: str = LITE2
     backbone_weights: str | None = None
-    layers: tuple[str, ...] = DEFAULT_LAYERS
+    layers: tuple[str, ...] = ()
     image_size: int = 256
     coreset_ratio: float = 0.1
     num_neighbors: int = 9
@@ -75,11 +75,14 @@ class ModelConfig:
     tta_reduce: str = "mean"
     batch_size: int = 8
     holdout: float = 0.2
+    epochs: int = 20
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InvalidArgumentError("--method", f"{self.method!r} is not one of {', '.join(METHODS)}")
+        if not self.layers:
+            object.__setattr__(self, "layers", networks.default_layers(self.method))
         if not 32 <= self.image_size <= 1024 or self.image_size % 32:
             raise InvalidArgumentError("--image-size", "must be a multiple of 32 from 32 to 1024")
         if not 0 < self.coreset_ratio <= 1:
@@ -167,9 +170,10 @@ class AnomalyModel:
         networks.load_backbone(net, config.backbone, config.backbone_weights)
         model = cls(config, net, Calibration(math.inf, "uncalibrated", 0.0, 1.0, 0), {})
         batches = model._training_batches(samples, weights)
-        if config.method == "patchcore":
-            assert isinstance(net, networks.BankPatchcore)
+        if isinstance(net, networks.BankPatchcore):
             stats = networks.fit_patchcore(net, batches, config.coreset_ratio)
+        elif isinstance(net, networks.OfflineStfpm):
+            stats = networks.fit_stfpm(net, batches, config.epochs)
         else:
             stats = networks.fit_padim(net, batches)  # type: ignore[arg-type]
         model.net.eval()

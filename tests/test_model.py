@@ -198,3 +198,15 @@ def test_nothing_reaches_the_network() -> None:
     # The autouse guard in conftest refuses non-loopback connections; every model test ran under it.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("93.184.216.34", 443), timeout=1)
+
+
+def test_separable_blur_equals_anomalibs_blur() -> None:
+    from anomalib.models.components import GaussianBlur2d
+
+    from pipeline.networks import SeparableBlur
+
+    full = GaussianBlur2d(sigma=4.0, channels=1)
+    fast = SeparableBlur.like(full)
+    maps = torch.rand(3, 1, 64, 80, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(fast(maps), full(maps), rtol=1e-5, atol=1e-6)
+    assert set(fast.state_dict()) == set(full.state_dict())

@@ -1,0 +1,198 @@
+"""Scoring and training speed on CPU, measured in one run on the same synthetic crops.
+
+Reports, for our patchcore model at 256 px:
+* images/s at batch 8 with 1 TTA view and with 4 (identity, hflip, vflip, rot180), end to end from
+  uint8 crops to maps at crop resolution;
+* the floor: the backbone's forward pass alone on the same, already preprocessed batches;
+* anomalib's ``Engine.predict`` over the same images (saved as PNG) and the same trained network;
+* fit time for 300 crops with a 10 % coreset, and the fitting process's peak memory (max RSS);
+* coreset quality: agreement of image scores between our coreset and anomalib's exact greedy.
+
+    .venv/bin/python bench/score.py [--train 300] [--test 64] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.images import encode_png  # noqa: E402
+from pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
+from pipeline.synth import generate_sheet  # noqa: E402
+
+
+def crops(count: int, seed: int, defect_rate: float) -> list[np.ndarray]:
+    out: list[np.ndarray] = []
+    index = 0
+    while len(out) < count:
+        sheet = generate_sheet(seed, index, defect_rate)
+        out.extend(sheet.crop(i) for i in sheet.instances)
+        index += 1
+    return out[:count]
+
+
+def timed(fn, repeats: int = 3) -> float:  # type: ignore[no-untyped-def]
+    fn()  # warm-up
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs)
+
+
+def fit_in_child(train: int, coreset: float, out: str) -> None:
+    """Fit in a child process so that its peak memory can be read on its own."""
+    images = crops(train, 1, 0.0)
+    start = time.perf_counter()
+    model = AnomalyModel.fit(images, ModelConfig(coreset_ratio=coreset))
+    model.meta["fit_s"] = time.perf_counter() - start
+    model.save(out)
+    Path(out, "fit_s").write_text(str(model.meta["fit_s"]))
+
+
+def engine_predict(model: AnomalyModel, images: list[np.ndarray], work: Path) -> float:
+    from anomalib.engine import Engine
+    from anomalib.models import Patchcore
+    from anomalib.pre_processing import PreProcessor
+    from torchvision.transforms import v2
+
+    folder = work / "predict"
+    folder.mkdir()
+    for i, img in enumerate(images):
+        (folder / f"{i:04d}.png").write_bytes(encode_png(img))
+    pre = PreProcessor(
+        transform=v2.Compose([v2.Resize((256, 256), antialias=True), v2.Normalize([0.5] * 3, [0.5] * 3)])
+    )
+    lightning = Patchcore(
+        backbone="tf_efficientnet_lite2",
+        layers=["blocks.2", "blocks.4"],
+        pre_trained=False,
+        pre_processor=pre,
+    )
+    lightning.model = model.net
+    engine = Engine(
+        accelerator="cpu", devices=1, logger=False, default_root_dir=work, enable_progress_bar=False
+    )
+    start = time.perf_counter()
+    engine.predict(lightning, data_path=folder, return_predictions=True)
+    return len(images) / (time.perf_counter() - start)
+
+
+def coreset_agreement(train: list[np.ndarray], test: list[np.ndarray]) -> dict[str, float]:
+    """Image scores with our coreset vs anomalib's exact k-center greedy, same embeddings and ratio."""
+    from anomalib.models.components import KCenterGreedy
+    from scipy.stats import spearmanr
+
+    from pipeline.model import _holdout_indices
+
+    model = AnomalyModel.fit(train, ModelConfig(coreset_ratio=0.1))
+    held = _holdout_indices(len(train), model.config.holdout)
+    used = [img for i, img in enumerate(train) if i not in held]
+    net = model.net
+    with torch.no_grad():
+        net.train()
+        embeddings = torch.cat(
+            [net(batch) for batch, _ in model._training_batches(used, [1.0] * len(used))()]
+        )
+        net.embedding_store.clear()
+        net.eval()
+    start = time.perf_counter()
+    idx = KCenterGreedy(embeddings, 0.1).select_coreset_idxs()
+    exact_s = time.perf_counter() - start
+    exact_net = copy.deepcopy(net)
+    exact_net.memory_bank = embeddings[torch.as_tensor(idx)].contiguous()
+    exact = AnomalyModel(model.config, exact_net, model.calibration, model.meta)
+    a = np.array([r.score for r in model.score(test, use_tta=False)])
+    b = np.array([r.score for r in exact.score(test, use_tta=False)])
+    return {
+        "patches": float(embeddings.shape[0]),
+        "exact_coreset_s": exact_s,
+        "spearman": float(spearmanr(a, b).statistic),
+        "mean_rel_diff": float(np.mean(np.abs(a - b) / np.abs(b))),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--train", type=int, default=300)
+    parser.add_argument("--test", type=int, default=64)
+    parser.add_argument("--coreset", type=float, default=0.1)
+    parser.add_argument("--agreement-train", type=int, default=40)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    report: dict[str, object] = {"threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = str(Path(tmp) / "model")
+        child = multiprocessing.get_context("spawn").Process(
+            target=fit_in_child, args=(args.train, args.coreset, model_dir)
+        )
+        child.start()
+        child.join()
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        fit_s = float(Path(model_dir, "fit_s").read_text())
+        report["fit"] = {
+            "crops": args.train,
+            "coreset": args.coreset,
+            "seconds": fit_s,
+            "peak_rss_mb": peak_mb,
+        }
+        print(
+            f"fit: {args.train} crops, {args.coreset:.0%} coreset: {fit_s:.1f} s, peak RSS {peak_mb:.0f} MB",
+            flush=True,
+        )
+
+        model = AnomalyModel.load(model_dir)
+        test = crops(args.test, 2, 0.25)
+        one = model.with_views(["identity"])
+        four = model.with_views(["identity", "hflip", "vflip", "rot180"])
+        batches = [model._normalise(model._preprocess(test[i : i + 8])) for i in range(0, len(test), 8)]
+        extractor = model.net.feature_extractor
+
+        def floor() -> None:
+            with torch.no_grad():
+                for batch in batches:
+                    extractor(batch)
+
+        speeds = {
+            "backbone_floor": len(test) / timed(floor),
+            "ours_1_view": len(test) / timed(lambda: one.score(test, batch_size=8)),
+            "ours_4_views": len(test) / timed(lambda: four.score(test, batch_size=8)),
+        }
+        speeds["anomalib_engine_predict"] = engine_predict(model, test, Path(tmp))
+        report["images_per_s"] = speeds
+        report["ratios"] = {
+            "ours_1_view / floor": speeds["ours_1_view"] / speeds["backbone_floor"],
+            "ours_1_view / engine_predict": speeds["ours_1_view"] / speeds["anomalib_engine_predict"],
+            "ours_4_views / ours_1_view": speeds["ours_4_views"] / speeds["ours_1_view"],
+        }
+        for key, value in speeds.items():
+            print(f"{key:28} {value:8.2f} images/s", flush=True)
+        for key, value in report["ratios"].items():  # type: ignore[union-attr]
+            print(f"{key:28} {value:8.2f}x", flush=True)
+        agreement = coreset_agreement(crops(args.agreement_train, 3, 0.0), crops(48, 4, 0.5))
+        report["coreset_agreement"] = agreement
+        print(f"coreset agreement with exact greedy: {json.dumps(agreement)}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

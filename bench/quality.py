@@ -29,7 +29,8 @@ from producer.local_segment import expand_inputs  # noqa: E402
 
 
 def linked_copy(root: Path, every: int, out: Path) -> Path:
-    """An MVTec tree of symlinks: train/good subset, test/*, and masks named like their images."""
+    """An MVTec tree of symlinks: train/good subset, test/*, ground_truth/* as MVTec names them
+    (``<stem>_mask.png``), and ``masks_by_stem/*`` named like their images, as anomalib's Folder wants."""
     train = expand_inputs([root / "train" / "good"])[::every]
     (out / "train" / "good").mkdir(parents=True)
     for path in train:
@@ -39,16 +40,23 @@ def linked_copy(root: Path, every: int, out: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / item.path.name).symlink_to(item.path.resolve())
         if item.mask is not None:
-            masks = out / "ground_truth" / item.kind
-            masks.mkdir(parents=True, exist_ok=True)
-            (masks / f"{item.path.stem}.png").symlink_to(item.mask.resolve())
+            for folder, name in (
+                ("ground_truth", item.mask.name),
+                ("masks_by_stem", f"{item.path.stem}.png"),
+            ):
+                masks = out / folder / item.kind
+                masks.mkdir(parents=True, exist_ok=True)
+                (masks / name).symlink_to(item.mask.resolve())
     return out
 
 
-def ours(data: Path, method: str, coreset: float) -> dict[str, object]:
+def ours(data: Path, method: str, coreset: float, views: str, augment: str, epochs: int) -> dict[str, object]:
     ok = read_folder(data / "train" / "good")
     start = time.perf_counter()
-    model = AnomalyModel.fit(ok.images, ModelConfig(method=method, coreset_ratio=coreset))
+    config = ModelConfig(
+        method=method, coreset_ratio=coreset, tta_views=tuple(views.split(",")), epochs=epochs
+    )
+    model = AnomalyModel.fit(ok.images, config, augment=[a for a in augment.split(",") if a])
     fit_s = time.perf_counter() - start
     items = mvtec_test_items(data)
     out: dict[str, object] = {"fit_s": round(fit_s, 1), "train_images": len(ok.images)}
@@ -75,7 +83,7 @@ def anomalib_engine(data: Path, method: str, coreset: float, work: Path) -> dict
         normal_dir="train/good",
         abnormal_dir=[f"test/{k}" for k in kinds],
         normal_test_dir="test/good",
-        mask_dir=[f"ground_truth/{k}" for k in kinds],
+        mask_dir=[f"masks_by_stem/{k}" for k in kinds],
         train_batch_size=8,
         eval_batch_size=8,
         num_workers=0,
@@ -122,13 +130,16 @@ def main() -> None:
     parser.add_argument("--baselines", default="patchcore,padim", help="anomalib Engine runs; '' for none")
     parser.add_argument("--coreset", type=float, default=0.1, help="our patchcore coreset ratio")
     parser.add_argument("--baseline-coreset", type=float, default=0.01)
+    parser.add_argument("--tta", default="identity,hflip,vflip", help="our TTA views")
+    parser.add_argument("--augment", default="", help="our training augmentation")
+    parser.add_argument("--epochs", type=int, default=20, help="stfpm epochs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     report: dict[str, object] = {"dataset": args.dataset.name, "train_every": args.train_every}
     with tempfile.TemporaryDirectory() as tmp:
         data = linked_copy(args.dataset.resolve(), args.train_every, Path(tmp) / args.dataset.name)
         for method in filter(None, args.methods.split(",")):
-            report[f"ours/{method}"] = ours(data, method, args.coreset)
+            report[f"ours/{method}"] = ours(data, method, args.coreset, args.tta, args.augment, args.epochs)
             print(method, json.dumps(report[f"ours/{method}"], default=str)[:400], flush=True)
         for method in filter(None, args.baselines.split(",")):
             report[f"anomalib/{method}"] = anomalib_engine(

@@ -162,3 +162,42 @@ def test_console_script_demo_runs_the_main_job(tmp_path: Path) -> None:
     assert "segmented 2 images: 16 instances, 0 failed" in proc.stdout
     assert str(tmp_path / "demo" / "segments") in proc.stdout
     assert len(list((tmp_path / "demo" / "segments").glob("sheet_*_*.png"))) == 16
+
+
+def test_train_and_evaluate_on_a_synthetic_mvtec_set(synth_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    result = CliRunner().invoke(
+        cli,
+        ["train", "--ok", str(synth_dir / "mvtec/train/good"), "--image-size", "128", "--out", str(model)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "trained patchcore on" in result.output and (model / "model.safetensors").is_file()
+    report = tmp_path / "eval.json"
+    result = CliRunner().invoke(
+        cli, ["evaluate", "--model", str(model), "--data", str(synth_dir / "mvtec"), "--json", str(report)]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(report.read_text())
+    assert metrics["images"] == metrics["good"] + metrics["defective"] and metrics["defective"] > 0
+    # A handful of crops: quality is asserted in test_model.py; here every metric must be computed.
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_at_threshold"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["pixel_auroc"] > 0.7  # defect pixels still stand out at 128 px
+    assert set(metrics["per_type"]) <= {"blurry_text", "structural", "color", "scratch"}
+    assert metrics["tta"] == ["identity", "hflip", "vflip"] and metrics["timings"]["ms_per_image"] > 0
+    assert metrics["model"]["version"] == json.loads((model / "model.json").read_text())["version"]
+
+
+def test_train_names_an_empty_ok_folder(tmp_path: Path) -> None:
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "broken.png").write_bytes(b"")
+    proc = subprocess.run(
+        [str(BIN / "defectscan"), "train", "--ok", str(tmp_path / "ok"), "--out", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert (
+        "broken.png" in proc.stderr and "empty_file" in proc.stderr and "no readable OK images" in proc.stderr
+    )
+    assert not (tmp_path / "m").exists()

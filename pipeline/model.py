@@ -11,6 +11,13 @@ and the result is resized to the crop's own size. The raw score of a crop is the
 so a crop scores above the threshold exactly when some pixel of its map does. The raw score is never
 clipped; ``normalized`` is ``sigmoid((score - threshold) / ok_std)``, 0.5 at the threshold.
 
+**Training sees the views that scoring uses.** With ``tta_in_training`` (the default), the geometric
+TTA views (``hflip``, ``vflip``, ``rot180``) are added to the OK images as training augmentation. A
+product is rarely symmetric, so a flipped OK crop is not like any OK crop; without this, each flipped
+view adds its own false anomaly and TTA averages noise in. With it, each view is compared with OK
+images seen the same way, and the average over views lowers the noise (magnetic_tile, 1 % coreset:
+image AUROC 0.879 -> 0.904 with TTA, see the README).
+
 **Calibration.** Without defect samples, ``holdout`` (20 %) of the OK images are kept out of training
 and scored; the threshold is ``mean + 3 std`` of their scores, but at least their maximum. With labelled
 defect crops, the threshold is the one that maximises F1 over the held-out OK and the defect crops.
@@ -45,7 +52,7 @@ from pipeline.images import encode_png
 
 SCHEMA = "defectscan.model/1"
 METHODS = ("patchcore", "padim", "stfpm")
-AUGMENTS = ("hflip", "vflip", "colorjitter")
+AUGMENTS = ("hflip", "vflip", "rot180", "colorjitter")
 
 
 class ModelNotFoundError(DefectscanError):
@@ -69,12 +76,13 @@ class ModelConfig:
     backbone_weights: str | None = None
     layers: tuple[str, ...] = ()
     image_size: int = 256
-    coreset_ratio: float = 0.1
+    coreset_ratio: float = 0.01
     num_neighbors: int = 9
     tta_views: tuple[str, ...] = tta.DEFAULT_VIEWS
     tta_reduce: str = "mean"
     batch_size: int = 8
     holdout: float = 0.2
+    tta_in_training: bool = True
     epochs: int = 20
     seed: int = 0
 
@@ -163,7 +171,10 @@ class AnomalyModel:
         torch.manual_seed(config.seed)
         held = _holdout_indices(len(ok), config.holdout)
         train = [img for i, img in enumerate(ok) if i not in held]
-        train += [aug for kind in augment for aug in _augmented(train, kind, config.seed)]
+        kinds = list(dict.fromkeys(augment))
+        if config.tta_in_training:
+            kinds += [v for v in config.tta_views if v in tta.GEOMETRIC[1:] and v not in kinds]
+        train += [aug for kind in kinds for aug in _augmented(train, kind, config.seed)]
         weights = [1.0] * len(train) + [aux_weight] * len(aux)
         samples = [*train, *aux]
         net = networks.build(config.method, config.backbone, config.layers, config.num_neighbors)
@@ -187,7 +198,7 @@ class AnomalyModel:
                 "held_out": len(held),
                 "aux_count": len(aux),
                 "aux_weight": aux_weight if aux else None,
-                "augment": list(augment),
+                "augment": kinds,
                 "sha256": _dataset_hash(ok, aux),
                 "names": list(names)[:2000],
                 **stats,
@@ -381,6 +392,8 @@ def _augmented(images: Sequence[NDArray[np.uint8]], kind: str, seed: int) -> lis
         return [np.ascontiguousarray(img[:, ::-1]) for img in images]
     if kind == "vflip":
         return [np.ascontiguousarray(img[::-1]) for img in images]
+    if kind == "rot180":
+        return [np.ascontiguousarray(img[::-1, ::-1]) for img in images]
     rng = np.random.default_rng(seed)
     out = []
     for img in images:

@@ -163,10 +163,9 @@ def fit_patchcore(net: BankPatchcore, batches: Batches, coreset_ratio: float) ->
     idx = k_center_greedy(bank, int(bank.shape[0] * coreset_ratio), weights=weight)
     net.memory_bank = bank[idx].contiguous()
     chosen_w = weight[idx]
-    penalty = torch.zeros(len(idx))
+    penalty = torch.empty(0)  # no aux entry in the bank: plain PatchCore distances
     if bool((chosen_w < 1).any()):
-        tau = _neighbour_scale(net.memory_bank)
-        penalty = (1 - chosen_w) * tau
+        penalty = (1 - chosen_w) * _neighbour_scale(net.memory_bank)
     net.bank_penalty = penalty
     net.eval()
     return {

@@ -169,11 +169,11 @@ def _read_set(folder: Path, label: str) -> ImageSet:
 @click.option("--aux-weight", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True))
 @click.option("--method", default="patchcore", show_default=True, type=click.Choice(METHODS))
 @click.option("--image-size", default=256, show_default=True, type=int)
-@click.option("--augment", default="", help="Comma list of hflip, vflip, colorjitter.")
+@click.option("--augment", default="", help="Comma list of hflip, vflip, rot180, colorjitter.")
 @click.option(
     "--val-defects", type=click.Path(file_okay=False, path_type=Path), help="Defect crops: F1 threshold."
 )
-@click.option("--coreset-ratio", default=0.1, show_default=True, type=float)
+@click.option("--coreset-ratio", default=0.01, show_default=True, type=float)
 @click.option("--tta", "tta_views", default=",".join(DEFAULT_VIEWS), show_default=True, help="TTA views.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 def train(

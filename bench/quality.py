@@ -136,13 +136,16 @@ def main() -> None:
     parser.add_argument("--tta", default="identity,hflip,vflip", help="our TTA views")
     parser.add_argument("--augment", default="", help="our training augmentation")
     parser.add_argument("--epochs", type=int, default=20, help="stfpm epochs")
+    parser.add_argument("--plain-training", action="store_true", help="do not add the TTA views to training")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     report: dict[str, object] = {"dataset": args.dataset.name, "train_count": args.train_count}
     with tempfile.TemporaryDirectory() as tmp:
         data = linked_copy(args.dataset.resolve(), args.train_count, Path(tmp) / args.dataset.name)
         for method in filter(None, args.methods.split(",")):
-            report[f"ours/{method}"] = ours(data, method, args.coreset, args.tta, args.augment, args.epochs)
+            report[f"ours/{method}"] = ours(
+                data, method, args.coreset, args.tta, args.augment, args.epochs, not args.plain_training
+            )
             print(method, json.dumps(report[f"ours/{method}"], default=str)[:400], flush=True)
         for method in filter(None, args.baselines.split(",")):
             report[f"anomalib/{method}"] = anomalib_engine(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import numpy as np
+from numpy.typing import NDArray
 from rich.console import Console
 from rich.table import Table
 
@@ -21,17 +23,17 @@ def run_evaluation(model: AnomalyModel, items: Sequence[TestItem], use_tta: bool
     samples: list[Sample] = []
     failures: list[dict[str, str]] = []
     score_s = 0.0
-    batch: list[tuple[TestItem, object, object]] = []
+    batch: list[tuple[TestItem, NDArray[np.uint8], NDArray[np.bool_] | None]] = []
 
     def flush() -> None:
         nonlocal score_s
         if not batch:
             return
         start = time.perf_counter()
-        results = model.score([b[1] for b in batch], use_tta=use_tta)  # type: ignore[misc]
+        results = model.score([image for _, image, _ in batch], use_tta=use_tta)
         score_s += time.perf_counter() - start
         for (item, _, mask), res in zip(batch, results, strict=True):
-            samples.append(Sample(item.kind, res.score, res.anomaly_map, mask))  # type: ignore[arg-type]
+            samples.append(Sample(item.kind, res.score, res.anomaly_map, mask))
         batch.clear()
 
     for item in items:

@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,7 +47,7 @@ def crops(count: int, seed: int, defect_rate: float) -> list[np.ndarray]:
     return out[:count]
 
 
-def timed(fn, repeats: int = 3) -> float:  # type: ignore[no-untyped-def]
+def timed(fn: Callable[[], object], repeats: int = 3) -> float:
     fn()  # warm-up
     runs = []
     for _ in range(repeats):

@@ -185,8 +185,10 @@ class AnomalyModel:
             stats = networks.fit_patchcore(net, batches, config.coreset_ratio)
         elif isinstance(net, networks.OfflineStfpm):
             stats = networks.fit_stfpm(net, batches, config.epochs)
+        elif isinstance(net, networks.PadimModel):
+            stats = networks.fit_padim(net, batches)
         else:
-            stats = networks.fit_padim(net, batches)  # type: ignore[arg-type]
+            raise InvalidArgumentError("--method", f"{config.method!r} has no training routine")
         model.net.eval()
         ok_scores = [r.score for r in model.score([ok[i] for i in sorted(held)])] if held else []
         defect_scores = [r.score for r in model.score(val_defects)] if val_defects else []
@@ -194,8 +196,9 @@ class AnomalyModel:
         model.meta = {
             "training": {
                 "ok_count": len(ok),
-                "trained_on": len(train),
+                "trained_on": len(ok) - len(held),
                 "held_out": len(held),
+                "training_samples": len(samples),
                 "aux_count": len(aux),
                 "aux_weight": aux_weight if aux else None,
                 "augment": kinds,

@@ -53,11 +53,17 @@ def linked_copy(root: Path, count: int, out: Path) -> Path:
     return out
 
 
-def ours(data: Path, method: str, coreset: float, views: str, augment: str, epochs: int) -> dict[str, object]:
+def ours(
+    data: Path, method: str, coreset: float, views: str, augment: str, epochs: int, views_in_training: bool
+) -> dict[str, object]:
     ok = read_folder(data / "train" / "good")
     start = time.perf_counter()
     config = ModelConfig(
-        method=method, coreset_ratio=coreset, tta_views=tuple(views.split(",")), epochs=epochs
+        method=method,
+        coreset_ratio=coreset,
+        tta_views=tuple(views.split(",")),
+        epochs=epochs,
+        tta_in_training=views_in_training,
     )
     model = AnomalyModel.fit(ok.images, config, augment=[a for a in augment.split(",") if a])
     fit_s = time.perf_counter() - start

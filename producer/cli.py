@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from pipeline.backbone import LITE2
 from pipeline.errors import DefectscanError, InvalidArgumentError
 from pipeline.images import DEFAULT_MAX_PIXELS, decode_image, encode_png
 from pipeline.model import METHODS, AnomalyModel, ModelConfig
@@ -175,6 +176,13 @@ def _read_set(folder: Path, label: str) -> ImageSet:
 )
 @click.option("--coreset-ratio", default=0.01, show_default=True, type=float)
 @click.option("--tta", "tta_views", default=",".join(DEFAULT_VIEWS), show_default=True, help="TTA views.")
+@click.option("--backbone", default=LITE2, show_default=True, help="A timm model name.")
+@click.option(
+    "--backbone-weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Local ImageNet weights for --backbone (safetensors or a state dict); Lite2 needs none.",
+)
+@click.option("--layers", default="", help="Comma list of backbone layers; default per method.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 def train(
     ok_dir: Path,
@@ -186,11 +194,17 @@ def train(
     val_defects: Path | None,
     coreset_ratio: float,
     tta_views: str,
+    backbone: str,
+    backbone_weights: Path | None,
+    layers: str,
     out: Path,
 ) -> None:
     """Train an anomaly model on OK images only (aligned crops, or whole images) into OUT."""
     config = ModelConfig(
         method=method,
+        backbone=backbone,
+        backbone_weights=str(backbone_weights) if backbone_weights else None,
+        layers=tuple(v for v in layers.split(",") if v),
         image_size=image_size,
         coreset_ratio=coreset_ratio,
         tta_views=tuple(v for v in tta_views.split(",") if v),

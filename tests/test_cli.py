@@ -201,3 +201,22 @@ def test_train_names_an_empty_ok_folder(tmp_path: Path) -> None:
         "broken.png" in proc.stderr and "empty_file" in proc.stderr and "no readable OK images" in proc.stderr
     )
     assert not (tmp_path / "m").exists()
+
+
+def test_train_takes_any_timm_backbone_with_local_weights(synth_dir: Path, tmp_path: Path) -> None:
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18.safetensors"
+    save_file(timm.create_model("resnet18", pretrained=False).state_dict(), str(weights))
+    args = ["train", "--ok", str(synth_dir / "mvtec/train/good"), "--image-size", "64", "--method", "padim"]
+    args += ["--backbone", "resnet18", "--layers", "layer1,layer2", "--out", str(tmp_path / "m")]
+    missing = CliRunner().invoke(cli, args)
+    assert missing.exit_code != 0 and "local weights" in str(missing.exception)
+    result = CliRunner().invoke(cli, [*args, "--backbone-weights", str(weights)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "m" / "model.json").read_text())["config"]
+    assert config["backbone"] == "resnet18" and config["layers"] == ["layer1", "layer2"]
+    assert config["backbone_weights"] == str(weights)

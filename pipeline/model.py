@@ -137,6 +137,7 @@ class AnomalyModel:
         self.net = net.to(device()).eval()
         self.calibration = calibration
         self.meta = meta
+        self.reference: NDArray[np.uint8] | None = None  # the mean OK crop, written as reference.png
         mean, std = normalization(config.backbone)
         self._mean = torch.tensor(mean, device=device()).view(1, 3, 1, 1)
         self._std = torch.tensor(std, device=device()).view(1, 3, 1, 1)
@@ -208,7 +209,7 @@ class AnomalyModel:
             },
             "reference_size": _reference_size(ok),
         }
-        model.meta["reference"] = reference_image(ok)
+        model.reference = reference_image(ok)
         return model
 
     def _preprocess(self, images: Sequence[NDArray[np.uint8]]) -> torch.Tensor:
@@ -283,7 +284,7 @@ class AnomalyModel:
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         created = datetime.now(UTC).replace(microsecond=0)
-        meta = {k: v for k, v in self.meta.items() if k != "reference"}
+        meta = dict(self.meta)
         version = version or _version_id(created, self.meta, self.config)
         doc = {
             "schema": SCHEMA,
@@ -305,9 +306,8 @@ class AnomalyModel:
             **meta,
         }
         save_file(state, str(out / "model.safetensors"))
-        reference = self.meta.get("reference")
-        if isinstance(reference, np.ndarray):
-            (out / "reference.png").write_bytes(encode_png(reference))
+        if self.reference is not None:
+            (out / "reference.png").write_bytes(encode_png(self.reference))
         (out / "model.json").write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
         self.meta["version"] = version
         return out

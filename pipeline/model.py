@@ -45,13 +45,15 @@ from numpy.typing import NDArray
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline import networks, tta
+from pipeline import fusion, networks, tta
 from pipeline.backbone import LITE2, normalization
 from pipeline.errors import DefectscanError, InvalidArgumentError
+from pipeline.fusion import FusedNet
 from pipeline.images import encode_png
+from pipeline.variation import VariationNet, fit_variation
 
 SCHEMA = "defectscan.model/1"
-METHODS = ("patchcore", "padim", "stfpm")
+METHODS = ("patchcore", "padim", "stfpm", "variation", "patchcore+variation")
 AUGMENTS = ("hflip", "vflip", "rot180", "colorjitter")
 
 
@@ -78,26 +80,43 @@ class ModelConfig:
     image_size: int = 256
     coreset_ratio: float = 0.01
     num_neighbors: int = 9
-    tta_views: tuple[str, ...] = tta.DEFAULT_VIEWS
+    tta_views: tuple[str, ...] = ()  # empty: the method's default (see tta_defaults)
     tta_reduce: str = "mean"
     batch_size: int = 8
     holdout: float = 0.2
     tta_in_training: bool = True
     epochs: int = 20
     seed: int = 0
+    # the variation model (pipeline.variation)
+    tolerance_abs: float = 0.06
+    tolerance_rel: float = 3.0
+    search_px: int = 2
+    map_sigma: float = 2.0
+    feature_floor: float = 0.05
+    feature_scale: float = 0.25
+    # fusion (pipeline.fusion): how the members' normalised maps combine
+    fusion: str = "mean"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InvalidArgumentError("--method", f"{self.method!r} is not one of {', '.join(METHODS)}")
         if not self.layers:
-            object.__setattr__(self, "layers", networks.default_layers(self.method))
+            object.__setattr__(self, "layers", networks.default_layers(self.method.split("+")[0]))
         if not 32 <= self.image_size <= 1024 or self.image_size % 32:
             raise InvalidArgumentError("--image-size", "must be a multiple of 32 from 32 to 1024")
         if not 0 < self.coreset_ratio <= 1:
             raise InvalidArgumentError("coreset_ratio", "must be in (0, 1]")
         if not 0 <= self.holdout < 1:
             raise InvalidArgumentError("holdout", "must be in [0, 1)")
+        if not self.tta_views:
+            object.__setattr__(self, "tta_views", tta_defaults(self.method))
         object.__setattr__(self, "tta_views", tta.check_views(self.tta_views))
+        if self.method == "variation" and set(self.tta_views) & set(tta.GEOMETRIC[1:]):
+            raise InvalidArgumentError("--tta", "variation compares aligned pixels: no flipped views")
+        if not 0 < self.tolerance_abs <= 1 or self.tolerance_rel < 0 or not 0 <= self.search_px <= 8:
+            raise InvalidArgumentError("tolerance", "needs abs in (0, 1], rel >= 0, search_px 0..8")
+        if self.fusion not in ("mean", "max"):
+            raise InvalidArgumentError("fusion", "must be mean or max")
         if self.tta_reduce not in ("mean", "max"):
             raise InvalidArgumentError("tta_reduce", "must be mean or max")
 
@@ -175,23 +194,25 @@ class AnomalyModel:
         kinds = list(dict.fromkeys(augment))
         if config.tta_in_training:
             kinds += [v for v in config.tta_views if v in tta.GEOMETRIC[1:] and v not in kinds]
-        train += [aug for kind in kinds for aug in _augmented(train, kind, config.seed)]
-        weights = [1.0] * len(train) + [aux_weight] * len(aux)
-        samples = [*train, *aux]
-        net = networks.build(config.method, config.backbone, config.layers, config.num_neighbors)
-        networks.load_backbone(net, config.backbone, config.backbone_weights)
+        augmented = {kind: _augmented(train, kind, config.seed) for kind in kinds}
+        net = build_net(config)
+        for member in _members(net, config.method).values():
+            networks.load_backbone(member, config.backbone, config.backbone_weights)
         model = cls(config, net, Calibration(math.inf, "uncalibrated", 0.0, 1.0, 0), {})
-        batches = model._training_batches(samples, weights)
-        if isinstance(net, networks.BankPatchcore):
-            stats = networks.fit_patchcore(net, batches, config.coreset_ratio)
-        elif isinstance(net, networks.OfflineStfpm):
-            stats = networks.fit_stfpm(net, batches, config.epochs)
-        elif isinstance(net, networks.PadimModel):
-            stats = networks.fit_padim(net, batches)
+        held_ok = [ok[i] for i in sorted(held)]
+        stats: dict[str, object] = {}
+        for name, member in _members(net, config.method).items():
+            usable = [k for k in kinds if fusion.member_views(name, [k])]
+            samples = [*train, *(img for k in usable for img in augmented[k]), *aux]
+            weights = [1.0] * (len(samples) - len(aux)) + [aux_weight] * len(aux)
+            stats[name] = _fit_member(member, model._training_batches(samples, weights), config)
+        if isinstance(net, FusedNet):
+            ok_member = {name: model.member_scores(held_ok, name) for name in net.members}
+            stats["fusion"] = net.set_normalisation(ok_member)
         else:
-            raise InvalidArgumentError("--method", f"{config.method!r} has no training routine")
+            stats = dict(stats[config.method])  # type: ignore[call-overload]
         model.net.eval()
-        ok_scores = [r.score for r in model.score([ok[i] for i in sorted(held)])] if held else []
+        ok_scores = [r.score for r in model.score(held_ok)] if held else []
         defect_scores = [r.score for r in model.score(val_defects)] if val_defects else []
         model.calibration = calibrate(ok_scores, defect_scores)
         model.meta = {
@@ -199,7 +220,7 @@ class AnomalyModel:
                 "ok_count": len(ok),
                 "trained_on": len(ok) - len(held),
                 "held_out": len(held),
-                "training_samples": len(samples),
+                "training_samples": len(train) + sum(len(v) for v in augmented.values()) + len(aux),
                 "aux_count": len(aux),
                 "aux_weight": aux_weight if aux else None,
                 "augment": kinds,
@@ -262,12 +283,35 @@ class AnomalyModel:
         return out
 
     def maps(self, batch: torch.Tensor, views: Sequence[str]) -> NDArray[np.float32]:
-        """Anomaly maps ``(B, S, S)`` for a batch of [0, 1] images ``(B, 3, S, S)``, TTA merged."""
+        """Anomaly maps ``(B, S, S)`` for a batch of [0, 1] images ``(B, 3, S, S)``, TTA merged (and,
+        for a fused model, each member's maps normalised and combined; see :mod:`pipeline.fusion`)."""
+        if isinstance(self.net, FusedNet):
+            parts = [
+                self._member_maps(member, batch, fusion.member_views(name, views))
+                for name, member in self.net.members.items()
+            ]
+            merged = self.net.combine(parts, self.config.fusion)
+        else:
+            merged = self._member_maps(self.net, batch, views)
+        return merged[:, 0].cpu().numpy().astype(np.float32)
+
+    def _member_maps(self, net: nn.Module, batch: torch.Tensor, views: Sequence[str]) -> torch.Tensor:
         expanded = self._normalise(tta.expand(batch, views))
         with torch.autocast(device_type=expanded.device.type, dtype=torch.float16, enabled=expanded.is_cuda):
-            result = self.net(expanded)
-        merged = tta.merge(result.anomaly_map.float(), views, self.config.tta_reduce)
-        return merged[:, 0].cpu().numpy().astype(np.float32)
+            result = net(expanded)
+        return tta.merge(result.anomaly_map.float(), views, self.config.tta_reduce)
+
+    @torch.no_grad()
+    def member_scores(self, images: Sequence[NDArray[np.uint8]], name: str) -> list[float]:
+        """Image scores of one member of a fused model, before normalisation (the max of its map)."""
+        assert isinstance(self.net, FusedNet)
+        member = self.net.members[name]
+        views = fusion.member_views(name, self.config.tta_views)
+        out: list[float] = []
+        for start in range(0, len(images), self.config.batch_size):
+            batch = self._preprocess(images[start : start + self.config.batch_size])
+            out.extend(self._member_maps(member, batch, views).amax(dim=(1, 2, 3)).tolist())
+        return out
 
     def _result(self, amap: NDArray[np.float32]) -> ScoreResult:
         score = float(amap.max())
@@ -328,8 +372,11 @@ class AnomalyModel:
         raw = dict(doc["config"])
         raw["layers"] = tuple(raw["layers"])
         raw["tta_views"] = tuple(raw["tta_views"])
-        config = ModelConfig(**raw)
-        net = networks.build(config.method, config.backbone, config.layers, config.num_neighbors)
+        try:
+            config = ModelConfig(**raw)
+        except (TypeError, DefectscanError) as exc:
+            raise ModelFormatError(str(doc_path), f"bad config ({exc})") from None
+        net = build_net(config)
         try:
             state = load_file(str(path / "model.safetensors"))
             net.load_state_dict(state, strict=True)
@@ -343,6 +390,56 @@ class AnomalyModel:
         """The same model scoring with other TTA views (for evaluation and benchmarks)."""
         config = replace(self.config, tta_views=tuple(views), tta_reduce=reduce or self.config.tta_reduce)
         return AnomalyModel(config, self.net, self.calibration, self.meta)
+
+
+def build_net(config: ModelConfig) -> nn.Module:
+    """The untrained network of ``config.method``; a fused method gets a :class:`FusedNet`."""
+    names = config.method.split("+")
+    members = {name: _build_member(name, config, len(names) > 1) for name in names}
+    return FusedNet(members) if len(names) > 1 else members[names[0]]
+
+
+def _build_member(name: str, config: ModelConfig, fused: bool) -> nn.Module:
+    """``config.layers`` belong to the first (or only) member; the others take their default layers."""
+    first = config.method.split("+")[0] == name
+    layers = config.layers if first else networks.default_layers(name)
+    if name == "variation":
+        mean, std = normalization(config.backbone)
+        return VariationNet(
+            config.backbone,
+            layers[0],
+            config.image_size,
+            mean,
+            std,
+            tolerance_abs=config.tolerance_abs,
+            tolerance_rel=config.tolerance_rel,
+            search_px=config.search_px,
+            map_sigma=config.map_sigma,
+            feature_floor=config.feature_floor,
+            feature_scale=config.feature_scale,
+        )
+    return networks.build(name, config.backbone, layers, config.num_neighbors)
+
+
+def _members(net: nn.Module, method: str) -> dict[str, nn.Module]:
+    return dict(net.members.items()) if isinstance(net, FusedNet) else {method: net}
+
+
+def _fit_member(net: nn.Module, batches: networks.Batches, config: ModelConfig) -> dict[str, float]:
+    if isinstance(net, networks.BankPatchcore):
+        return networks.fit_patchcore(net, batches, config.coreset_ratio)
+    if isinstance(net, networks.OfflineStfpm):
+        return networks.fit_stfpm(net, batches, config.epochs)
+    if isinstance(net, networks.PadimModel):
+        return networks.fit_padim(net, batches)
+    if isinstance(net, VariationNet):
+        return fit_variation(net, batches)
+    raise InvalidArgumentError("--method", f"{config.method!r} has no training routine")
+
+
+def tta_defaults(method: str) -> tuple[str, ...]:
+    """The variation model compares aligned pixels and takes no flipped view; the others take flips."""
+    return ("identity",) if method == "variation" else tta.DEFAULT_VIEWS
 
 
 def calibrate(ok_scores: Sequence[float], defect_scores: Sequence[float] = ()) -> Calibration:

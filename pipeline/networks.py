@@ -23,56 +23,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
-from anomalib.models.components import GaussianBlur2d, TimmFeatureExtractor
+from anomalib.models.components import TimmFeatureExtractor
 from anomalib.models.image.padim.torch_model import PadimModel
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from anomalib.models.image.stfpm.anomaly_map import AnomalyMapGenerator as StfpmMapGenerator
 from anomalib.models.image.stfpm.loss import STFPMLoss
 from anomalib.models.image.stfpm.torch_model import STFPMModel
 from torch import nn
-from torch.nn import functional as F
 
 from pipeline.backbone import DEFAULT_LAYERS, load_weights
+from pipeline.blur import use_separable_blur
 from pipeline.coreset import k_center_greedy
+from pipeline.variation import VARIATION_LAYERS
 
 PADIM_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
 STFPM_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
-
-
-class SeparableBlur(GaussianBlur2d):
-    """anomalib's Gaussian blur done as two 1-D passes with the same kernel values.
-
-    anomalib convolves the anomaly map with the full 2-D kernel (33 x 33 at sigma 4): about 71 M
-    multiply-adds per 256 x 256 map, a sixth of the backbone's time on CPU. Its kernel is the normalised
-    outer product of two 1-D Gaussians, so its row and column sums are those 1-D kernels and two passes
-    give the same map with 66 taps per pixel instead of 1089. The 2-D kernel stays the module's buffer,
-    so state dicts are unchanged.
-    """
-
-    @classmethod
-    def like(cls, blur: GaussianBlur2d) -> SeparableBlur:
-        height, width = blur.kernel.shape[-2:]
-        new = cls(
-            sigma=1.0, channels=blur.channels, kernel_size=(height, width), border_type=blur.border_type
-        )
-        new.kernel = blur.kernel.clone()
-        return new
-
-    def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:
-        kernel = self.kernel[:1, :1]
-        column = kernel.sum(dim=-1, keepdim=True).expand(self.channels, -1, -1, -1)
-        row = kernel.sum(dim=-2, keepdim=True).expand(self.channels, -1, -1, -1)
-        padded = F.pad(input_tensor, self.padding_shape, mode=self.border_type)
-        out = F.conv2d(padded, row, groups=self.channels)
-        return F.conv2d(out, column, groups=self.channels)
-
-
-def use_separable_blur(net: nn.Module) -> None:
-    """Swap the anomaly-map blur of an anomalib model, if it has one, for :class:`SeparableBlur`."""
-    generator = getattr(net, "anomaly_map_generator", None)
-    blur = getattr(generator, "blur", None)
-    if isinstance(blur, GaussianBlur2d) and generator is not None:
-        generator.blur = SeparableBlur.like(blur)
 
 
 class BankPatchcore(PatchcoreModel):
@@ -112,7 +77,12 @@ class OfflineStfpm(STFPMModel):
 
 
 def default_layers(method: str) -> tuple[str, ...]:
-    return {"patchcore": DEFAULT_LAYERS, "padim": PADIM_LAYERS, "stfpm": STFPM_LAYERS}[method]
+    return {
+        "patchcore": DEFAULT_LAYERS,
+        "padim": PADIM_LAYERS,
+        "stfpm": STFPM_LAYERS,
+        "variation": VARIATION_LAYERS,
+    }[method]
 
 
 def build(method: str, backbone: str, layers: tuple[str, ...], num_neighbors: int = 9) -> nn.Module:

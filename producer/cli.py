@@ -22,10 +22,10 @@ from pipeline.backbone import LITE2
 from pipeline.errors import DefectscanError, InvalidArgumentError
 from pipeline.images import DEFAULT_MAX_PIXELS, decode_image, encode_png
 from pipeline.model import METHODS, AnomalyModel, ModelConfig
+from pipeline.pairs import PairComparer
 from pipeline.segment import Segmenter, SegmentOptions, parse_range
-from pipeline.tta import DEFAULT_VIEWS
-from producer.datasets import ImageSet, mvtec_test_items, read_folder
-from producer.evaluation import print_metrics, run_evaluation
+from producer.datasets import ImageSet, mvtec_test_items, read_folder, read_pairs
+from producer.evaluation import print_metrics, run_evaluation, run_pair_evaluation
 from producer.local_segment import SegmentationRecord, expand_inputs, segment_files
 from producer.synth_files import write_synthetic_set
 from worker.storage import LocalStorage, read_local
@@ -175,7 +175,12 @@ def _read_set(folder: Path, label: str) -> ImageSet:
     "--val-defects", type=click.Path(file_okay=False, path_type=Path), help="Defect crops: F1 threshold."
 )
 @click.option("--coreset-ratio", default=0.01, show_default=True, type=float)
-@click.option("--tta", "tta_views", default=",".join(DEFAULT_VIEWS), show_default=True, help="TTA views.")
+@click.option(
+    "--tta",
+    "tta_views",
+    default="",
+    help="Comma list of TTA views; default identity,hflip,vflip (variation: identity).",
+)
 @click.option("--backbone", default=LITE2, show_default=True, help="A timm model name.")
 @click.option(
     "--backbone-weights",
@@ -233,16 +238,35 @@ def train(
 
 
 @cli.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path), help="MVTec layout.")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="MVTec layout.")
+@click.option(
+    "--pairs",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV of image,template paths: compare each image with its own template (no --model needed).",
+)
+@click.option("--image-size", default=512, show_default=True, type=int, help="With --pairs: compare size.")
 @click.option("--no-tta", is_flag=True, help="Score the identity view only.")
 @click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write metrics here."
 )
-def evaluate(model_dir: Path, data: Path, no_tta: bool, json_out: Path | None) -> None:
-    """Evaluate a model on an MVTec-layout folder: AUROC, pixel AUROC, AUPRO, F1, per type, timings."""
-    model = AnomalyModel.load(model_dir)
-    result = run_evaluation(model, mvtec_test_items(data), use_tta=not no_tta)
+def evaluate(
+    model_dir: Path | None,
+    data: Path | None,
+    pairs: Path | None,
+    image_size: int,
+    no_tta: bool,
+    json_out: Path | None,
+) -> None:
+    """Evaluate a model on an MVTec-layout folder (--model, --data), or golden templates per image
+    (--pairs): AUROC, pixel AUROC, AUPRO, F1, per type, timings."""
+    if pairs is not None:
+        result = run_pair_evaluation(PairComparer(image_size=image_size), read_pairs(pairs))
+    elif model_dir is None or data is None:
+        raise click.UsageError("give --model and --data, or --pairs")
+    else:
+        model = AnomalyModel.load(model_dir)
+        result = run_evaluation(model, mvtec_test_items(data), use_tta=not no_tta)
     print_metrics(result, err if json_out is None else Console())
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

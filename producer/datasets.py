@@ -7,6 +7,7 @@ trains, and the summary says which were skipped.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,41 @@ class TestItem:
     mask: Path | None
 
 
+def mask_for(image: Path) -> Path | None:
+    """The MVTec mask of ``<root>/test/<type>/<stem>.*``: ``<root>/ground_truth/<type>/<stem>_mask.png``."""
+    kind_dir = image.parent
+    if kind_dir.name == "good" or kind_dir.parent.name != "test":
+        return None
+    candidate = kind_dir.parent.parent / "ground_truth" / kind_dir.name / f"{image.stem}_mask.png"
+    return candidate if candidate.is_file() else None
+
+
+@dataclass
+class PairItem(TestItem):
+    template: Path = Path()
+
+
+def read_pairs(csv_path: Path) -> list[PairItem]:
+    """Rows of (image, its template) from a CSV whose first two columns are paths, relative to the
+    CSV's folder (a header row is recognised and skipped; deeppcb's test_pairs.csv works as it is).
+    Kinds and masks follow the MVTec layout when the images lie in one."""
+    if not csv_path.is_file():
+        raise InvalidArgumentError(str(csv_path), "pairs CSV not found")
+    items = []
+    with csv_path.open(newline="") as handle:
+        for number, row in enumerate(csv.reader(handle), start=1):
+            if len(row) < 2 or not row[0].strip():
+                continue
+            image, template = (csv_path.parent / row[0].strip(), csv_path.parent / row[1].strip())
+            if number == 1 and not image.exists() and not template.exists():
+                continue  # a header
+            kind = image.parent.name if image.parent.parent.name == "test" else "unknown"
+            items.append(PairItem(kind, image, mask_for(image), template))
+    if not items:
+        raise InvalidArgumentError(str(csv_path), "lists no image pairs")
+    return items
+
+
 def mvtec_test_items(root: Path) -> list[TestItem]:
     """The test images of an MVTec-layout folder with their masks (None for good images)."""
     test = root / "test"
@@ -58,11 +94,7 @@ def mvtec_test_items(root: Path) -> list[TestItem]:
     items = []
     for kind_dir in sorted(p for p in test.iterdir() if p.is_dir()):
         for path in expand_inputs([kind_dir]):
-            mask = None
-            if kind_dir.name != "good":
-                candidate = root / "ground_truth" / kind_dir.name / f"{path.stem}_mask.png"
-                mask = candidate if candidate.is_file() else None
-            items.append(TestItem(kind_dir.name, path, mask))
+            items.append(TestItem(kind_dir.name, path, mask_for(path)))
     if not items:
         raise InvalidArgumentError(str(test), "holds no images")
     return items

@@ -8,13 +8,15 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from pipeline.errors import DefectscanError
+from pipeline.errors import DefectscanError, InvalidArgumentError
 from pipeline.evaluate import Sample, summarize
 from pipeline.images import decode_image
 from pipeline.model import AnomalyModel
-from producer.datasets import TestItem
+from pipeline.pairs import PairComparer
+from producer.datasets import PairItem, TestItem
 from worker.storage import read_local
 
 
@@ -37,15 +39,10 @@ def run_evaluation(model: AnomalyModel, items: Sequence[TestItem], use_tta: bool
         batch.clear()
 
     for item in items:
-        try:
-            image = decode_image(read_local(item.path), str(item.path))
-            mask = None
-            if item.mask is not None:
-                mask = decode_image(read_local(item.mask), str(item.mask))[..., 0] > 127
-        except DefectscanError as exc:
-            failures.append(exc.as_dict())
+        loaded = _load(item, failures)
+        if loaded is None:
             continue
-        batch.append((item, image, mask))
+        batch.append((item, *loaded))
         if len(batch) == model.config.batch_size:
             flush()
     flush()
@@ -60,8 +57,61 @@ def run_evaluation(model: AnomalyModel, items: Sequence[TestItem], use_tta: bool
     return result
 
 
+def _load(
+    item: TestItem, failures: list[dict[str, str]]
+) -> tuple[NDArray[np.uint8], NDArray[np.bool_] | None] | None:
+    """An item's image and mask, or None with the error recorded."""
+    try:
+        image = decode_image(read_local(item.path), str(item.path))
+        mask = None
+        if item.mask is not None:
+            mask = decode_image(read_local(item.mask), str(item.mask))[..., 0] > 127
+    except DefectscanError as exc:
+        failures.append(exc.as_dict())
+        return None
+    return image, mask
+
+
+def run_pair_evaluation(comparer: PairComparer, items: Sequence[PairItem]) -> dict[str, object]:
+    """Compare every image with its own template and summarise the maps against the masks.
+
+    Image AUROC is left out (None) when only one kind of image is listed: a pairs file of defective
+    images only (deeppcb's) says nothing about ranking good against bad images."""
+    samples: list[Sample] = []
+    failures: list[dict[str, str]] = []
+    unaligned: list[str] = []
+    start = time.perf_counter()
+    for item in items:
+        loaded = _load(item, failures)
+        template = _load(PairItem(item.kind, item.template, None), failures) if loaded else None
+        if loaded is None or template is None:
+            continue
+        result = comparer.compare(loaded[0], template[0])
+        if not result.aligned:
+            unaligned.append(str(item.path))
+        samples.append(Sample(item.kind, result.score, result.anomaly_map, loaded[1]))
+    elapsed = time.perf_counter() - start
+    if not samples:
+        raise InvalidArgumentError("--pairs", "no pair could be read")
+    result = summarize(samples, float("inf"), comparer.image_size)
+    result.pop("f1_at_threshold", None)
+    result["mode"] = "pairs"
+    result["tta"] = ["identity"]
+    result["model"] = {"method": "variation (own template per image)", "image_size": comparer.image_size}
+    result["unaligned"] = unaligned
+    result["failures"] = failures
+    result["timings"] = {
+        "score_s": round(elapsed, 3),
+        "ms_per_image": round(1000 * elapsed / len(samples), 2),
+    }
+    return result
+
+
 def print_metrics(result: dict[str, object], console: Console) -> None:
-    table = Table(title=f"{result['model']}  TTA {','.join(result['tta'])}")  # type: ignore[arg-type]
+    model = result["model"]
+    assert isinstance(model, dict)
+    described = " ".join(f"{k} {v}" for k, v in model.items() if v is not None)
+    table = Table(title=escape(f"{described}; TTA {','.join(result['tta'])}"))  # type: ignore[arg-type]
     table.add_column("metric")
     table.add_column("value", justify="right")
 
@@ -69,11 +119,12 @@ def print_metrics(result: dict[str, object], console: Console) -> None:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
     for key in ("images", "good", "defective", "image_auroc", "pixel_auroc", "aupro", "f1_at_threshold"):
-        table.add_row(key, fmt(result.get(key)))
+        if key in result:
+            table.add_row(key, fmt(result[key]))
     per_type = result.get("per_type", {})
     assert isinstance(per_type, dict)
     for kind, values in per_type.items():
-        table.add_row(f"image_auroc[{kind}] (n={values['count']})", fmt(values["image_auroc"]))
+        table.add_row(escape(f"image_auroc[{kind}] (n={values['count']})"), fmt(values["image_auroc"]))
     timings = result.get("timings", {})
     assert isinstance(timings, dict)
     table.add_row("ms per image", fmt(timings.get("ms_per_image")))

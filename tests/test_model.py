@@ -203,7 +203,7 @@ def test_nothing_reaches_the_network() -> None:
 def test_separable_blur_equals_anomalibs_blur() -> None:
     from anomalib.models.components import GaussianBlur2d
 
-    from pipeline.networks import SeparableBlur
+    from pipeline.blur import SeparableBlur
 
     full = GaussianBlur2d(sigma=4.0, channels=1)
     fast = SeparableBlur.like(full)

@@ -50,7 +50,7 @@ from pipeline.backbone import LITE2, normalization
 from pipeline.errors import DefectscanError, InvalidArgumentError
 from pipeline.fusion import FusedNet
 from pipeline.images import encode_png
-from pipeline.variation import VariationNet, fit_variation
+from pipeline.variation import VariationNet, fit_variation, normal_variants
 
 SCHEMA = "defectscan.model/1"
 METHODS = ("patchcore", "padim", "stfpm", "variation", "patchcore+variation")
@@ -91,7 +91,7 @@ class ModelConfig:
     tolerance_abs: float = 0.06
     tolerance_rel: float = 3.0
     search_px: int = 2
-    map_sigma: float = 2.0
+    map_sigma: float = 0.0
     feature_floor: float = 0.05
     feature_scale: float = 0.25
     # fusion (pipeline.fusion): how the members' normalised maps combine
@@ -200,6 +200,8 @@ class AnomalyModel:
             networks.load_backbone(member, config.backbone, config.backbone_weights)
         model = cls(config, net, Calibration(math.inf, "uncalibrated", 0.0, 1.0, 0), {})
         held_ok = [ok[i] for i in sorted(held)]
+        if "variation" in config.method.split("+"):
+            held_ok = normal_variants(held_ok)
         stats: dict[str, object] = {}
         for name, member in _members(net, config.method).items():
             usable = [k for k in kinds if fusion.member_views(name, [k])]
@@ -212,7 +214,7 @@ class AnomalyModel:
         else:
             stats = dict(stats[config.method])  # type: ignore[call-overload]
         model.net.eval()
-        ok_scores = [r.score for r in model.score(held_ok)] if held else []
+        ok_scores = [r.score for r in model.score(held_ok)] if held_ok else []
         defect_scores = [r.score for r in model.score(val_defects)] if val_defects else []
         model.calibration = calibrate(ok_scores, defect_scores)
         model.meta = {

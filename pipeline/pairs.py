@@ -65,9 +65,7 @@ def align(image: NDArray[np.uint8], template: NDArray[np.uint8]) -> tuple[NDArra
     except cv2.error:
         return template, False, np.eye(2, 3, dtype=np.float32)
     size = (image.shape[1], image.shape[0])
-    warped = cv2.warpAffine(
-        template, warp, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
-    )
+    warped = cv2.warpAffine(template, warp, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return np.asarray(warped, dtype=np.uint8), True, np.asarray(warp)
 
 
@@ -81,7 +79,7 @@ class PairComparer:
         backbone_weights: str | None = None,
         tolerance_abs: float = 0.06,
         search_px: int = 2,
-        map_sigma: float = 2.0,
+        map_sigma: float = 0.0,
         feature_floor: float = 0.05,
         feature_scale: float = 0.25,
     ) -> None:

@@ -31,23 +31,35 @@ to a quarter of the model's size (``feature_scale``; so 16 x 16 locations at 256
 
 **Anomaly map.** ``pixel = max over channels of (x - upper)+ + (lower - x)+``, divided by
 ``tolerance_abs`` (so 1 means one absolute tolerance outside the band); ``feature = sqrt(mean over
-channels of (f - mean)^2 / variance)``, the per-location z-distance, upsampled to the image. The map is
-``pixel + feature``, smoothed by a Gaussian of ``map_sigma`` pixels; the image score is its maximum.
+channels of (f - mean)^2 / variance) - 1``, the per-location z-distance beyond one OK spread (0 when
+within), upsampled to the image. The map is ``pixel + feature``, smoothed by a Gaussian of ``map_sigma``
+pixels (default 0: a defect of a few pixels keeps its full height); the image score is its maximum.
+
+**Calibration sees what is normal.** The held-out OK crops that set the threshold (and, in a fusion,
+the member's scale) are joined by copies of each moved by 2 px diagonally both ways and copies 10 %
+brighter and darker (:func:`normal_variants`): the model promises not to flag these, so its threshold
+is set above them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import cv2
+import numpy as np
 import torch
 from anomalib.data import InferenceBatch
 from anomalib.models.components import TimmFeatureExtractor
+from numpy.typing import NDArray
 from torch import nn
 from torch.nn import functional as F
 
 from pipeline.blur import gaussian
 
 VARIATION_LAYERS = ("blocks.1",)
+FEATURE_MARGIN = 1.0  # z-distances up to one OK spread add nothing to the map
+NORMAL_SHIFTS_PX = ((2, 2), (-2, -2), (2, -2), (-2, 2))  # crop pixels; see normal_variants
+NORMAL_GAINS = (1.1, 0.9)
 
 Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -65,7 +77,7 @@ class VariationNet(nn.Module):
         tolerance_abs: float = 0.06,
         tolerance_rel: float = 3.0,
         search_px: int = 2,
-        map_sigma: float = 2.0,
+        map_sigma: float = 0.0,
         feature_floor: float = 0.05,
         feature_scale: float = 0.25,
     ) -> None:
@@ -149,14 +161,17 @@ class VariationNet(nn.Module):
                 d = (diff * diff / var_p[..., dy : dy + h, dx : dx + w]).mean(1, keepdim=True)
                 best = d if best is None else torch.minimum(best, d)
         assert best is not None
-        return best.sqrt()
+        return (best.sqrt() - FEATURE_MARGIN).clamp_min(0)
+
+    def to_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels to the backbone's normalised input."""
+        return (pixels - self.image_mean) / self.image_std
 
     def forward(self, x: torch.Tensor) -> InferenceBatch:
-        x = x.float()
-        pixels = self.match_brightness(self.to_unit(x))
+        pixels = self.match_brightness(self.to_unit(x.float()))
         pixel = self.pixel_excess(pixels)
         feature = F.interpolate(
-            self.feature_distance(self.features(x).float()),
+            self.feature_distance(self.features(self.to_input(pixels)).float()),
             size=x.shape[-2:],
             mode="bilinear",
             align_corners=False,
@@ -172,7 +187,8 @@ def fit_variation(net: VariationNet, batches: Batches) -> dict[str, float]:
     """Fill the model's statistics from weighted OK batches (three passes; only one runs the backbone).
 
     1. the plain weighted mean image, the brightness reference for step 2;
-    2. the mean of the brightness-matched crops (the stored ``mu``), and the feature mean and variance;
+    2. the mean of the brightness-matched crops (the stored ``mu``), and the feature mean and variance
+       (over each crop and two copies moved by random whole-pixel shifts within ``search_px``);
     3. the spreads above and below ``mu`` of the crops matched to it.
     """
     net.eval()
@@ -185,15 +201,25 @@ def fit_variation(net: VariationNet, batches: Batches) -> dict[str, float]:
     mu = torch.zeros_like(net.mu)
     f_sum = torch.zeros_like(net.feature_mean)
     f_sq = torch.zeros_like(net.feature_mean)
+    f_total = 0.0
+    shifts = torch.Generator().manual_seed(0)
     for x, w in batches():
         ww = w.view(-1, 1, 1, 1).to(x)
-        mu += (net.match_brightness(net.to_unit(x), plain) * ww).sum(0, keepdim=True)
-        feats = net.features(x).float()
-        f_sum += (feats * ww).sum(0, keepdim=True)
-        f_sq += (feats * feats * ww).sum(0, keepdim=True)
+        matched = net.match_brightness(net.to_unit(x), plain)
+        mu += (matched * ww).sum(0, keepdim=True)
+        # the feature reference also sees each crop moved within the search window, so its spread
+        # covers the misregistration the pixel comparison tolerates
+        for dy, dx in [
+            (0, 0),
+            *torch.randint(-net.search_px, net.search_px + 1, (2, 2), generator=shifts).tolist(),
+        ]:
+            feats = net.features(net.to_input(_shifted(matched, dx, dy))).float()
+            f_sum += (feats * ww).sum(0, keepdim=True)
+            f_sq += (feats * feats * ww).sum(0, keepdim=True)
+            f_total += float(w.sum())
     net.mu = mu / total
-    net.feature_mean = f_sum / total
-    net.feature_var = (f_sq / total - net.feature_mean**2).clamp_min(0)
+    net.feature_mean = f_sum / f_total
+    net.feature_var = (f_sq / f_total - net.feature_mean**2).clamp_min(0)
     up = torch.zeros_like(net.mu)
     down = torch.zeros_like(net.mu)
     for x, w in batches():
@@ -205,3 +231,26 @@ def fit_variation(net: VariationNet, batches: Batches) -> dict[str, float]:
     net.spread_down = (down / total).sqrt()
     net.set_bands()
     return {"samples_weight": total, "feature_channels": float(net.feature_mean.shape[1])}
+
+
+def _shifted(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Images moved by whole pixels, the uncovered border repeated from the edge."""
+    if dx == 0 and dy == 0:
+        return images
+    pad = max(abs(dx), abs(dy))
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    h, w = images.shape[-2:]
+    return padded[..., pad - dy : pad - dy + h, pad - dx : pad - dx + w]
+
+
+def normal_variants(crops: list[NDArray[np.uint8]]) -> list[NDArray[np.uint8]]:
+    """Each crop, moved by +-2 px and relit by +-10 %: variations the model must call normal."""
+    out = list(crops)
+    for crop in crops:
+        h, w = crop.shape[:2]
+        for dx, dy in NORMAL_SHIFTS_PX:
+            matrix = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
+            out.append(np.asarray(cv2.warpAffine(crop, matrix, (w, h), borderMode=cv2.BORDER_REFLECT)))
+        for gain in NORMAL_GAINS:
+            out.append(np.clip(crop.astype(np.float32) * gain, 0, 255).astype(np.uint8))
+    return out

@@ -23,6 +23,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
+from pipeline import fusion  # noqa: E402
 from pipeline.backbone import DEFAULT_LAYERS, LITE2, load_weights  # noqa: E402
 from pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
 from producer.datasets import mvtec_test_items, read_folder  # noqa: E402
@@ -61,7 +62,7 @@ def ours(
     config = ModelConfig(
         method=method,
         coreset_ratio=coreset,
-        tta_views=tuple(views.split(",")),
+        tta_views=fusion.member_views(method, views.split(",")),
         epochs=epochs,
         tta_in_training=views_in_training,
     )

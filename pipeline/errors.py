@@ -56,3 +56,9 @@ class InvalidArgumentError(DefectscanError):
     """A parameter (range, box, option) is malformed or out of bounds."""
 
     code = "invalid_argument"
+
+
+class NoMatchError(DefectscanError):
+    """The template was not found in the image."""
+
+    code = "no_match"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,11 +21,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline.backbone import LITE2
 from pipeline.errors import DefectscanError, InvalidArgumentError
 from pipeline.images import DEFAULT_MAX_PIXELS, decode_image, encode_png
+from pipeline.inspection import Inspection, inspect_image, inspect_pair
 from pipeline.model import METHODS, AnomalyModel, ModelConfig
 from pipeline.pairs import PairComparer
 from pipeline.segment import Segmenter, SegmentOptions, parse_range
+from pipeline.verdict import ModelInfo, Verdict
 from producer.datasets import ImageSet, mvtec_test_items, read_folder, read_pairs
 from producer.evaluation import print_metrics, run_evaluation, run_pair_evaluation
+from producer.inspect_files import run_inspection
 from producer.local_segment import SegmentationRecord, expand_inputs, segment_files
 from producer.synth_files import write_synthetic_set
 from worker.storage import LocalStorage, read_local
@@ -99,18 +102,53 @@ def template_cut(image: Path, box: str, out: Path) -> None:
     click.echo(f"wrote {w}x{h} template to {out}")
 
 
+def segment_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """The template-search options shared by ``segment`` and ``inspect``."""
+    for option in reversed(
+        [
+            click.option("--max-instances", default=64, show_default=True, type=click.IntRange(1, 10_000)),
+            click.option(
+                "--min-score", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True)
+            ),
+            click.option(
+                "--angles",
+                default="-5:5:1",
+                show_default=True,
+                help="Degrees: start:stop:step, a list, or one.",
+            ),
+            click.option(
+                "--scales", default="1", show_default=True, help="Factors: start:stop:step, a list, or one."
+            ),
+            click.option(
+                "--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1)
+            ),
+            click.option(
+                "--pyramid/--no-pyramid", default=True, show_default=True, help="Coarse-to-fine search."
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _segmenter(
+    template_path: Path, angles: str, scales: str, min_score: float, max_instances: int, pyramid: bool
+) -> Segmenter:
+    options = SegmentOptions(
+        angles=parse_range(angles, "--angles"),
+        scales=parse_range(scales, "--scales"),
+        min_score=min_score,
+        max_instances=max_instances,
+        pyramid=pyramid,
+    )
+    return Segmenter(decode_image(read_local(template_path), str(template_path)), options)
+
+
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--template", "template_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--max-instances", default=64, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--min-score", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True))
-@click.option(
-    "--angles", default="-5:5:1", show_default=True, help="Degrees: start:stop:step, a list, or one."
-)
-@click.option("--scales", default="1", show_default=True, help="Factors: start:stop:step, a list, or one.")
-@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1))
-@click.option("--pyramid/--no-pyramid", default=True, show_default=True, help="Coarse-to-fine search.")
+@segment_options
 def segment(
     images: tuple[Path, ...],
     template_path: Path,
@@ -127,15 +165,7 @@ def segment(
     Writes OUT/<image-stem>.json with the detections and OUT/<image-stem>_<k>.png per crop. A file that
     fails gets an "error" in its JSON and the run goes on; the exit status is 1 if any file failed.
     """
-    options = SegmentOptions(
-        angles=parse_range(angles, "--angles"),
-        scales=parse_range(scales, "--scales"),
-        min_score=min_score,
-        max_instances=max_instances,
-        pyramid=pyramid,
-    )
-    reference = decode_image(read_local(template_path), str(template_path))
-    segmenter = Segmenter(reference, options)
+    segmenter = _segmenter(template_path, angles, scales, min_score, max_instances, pyramid)
     paths = expand_inputs(images)
     with progress_bar(len(paths), "segment") as bar:
 
@@ -271,6 +301,110 @@ def evaluate(
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+@cli.command()
+@click.argument("input_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--template", "template_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--pairs",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV of image,template paths: compare each image with its own template (no --model needed).",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--product", help="Product name recorded in the verdicts.")
+@click.option(
+    "--min-area", default=16, show_default=True, type=click.IntRange(1), help="Smallest region, px."
+)
+@click.option("--save-maps", is_flag=True, help="Also write <image>.map.npy (float32 anomaly map).")
+@click.option("--image-size", default=512, show_default=True, type=int, help="With --pairs: compare size.")
+@click.option("--threshold", default=1.0, show_default=True, type=float, help="With --pairs: map threshold.")
+@segment_options
+def inspect(
+    input_dir: Path | None,
+    model_dir: Path | None,
+    template_path: Path | None,
+    pairs: Path | None,
+    out: Path,
+    product: str | None,
+    min_area: int,
+    save_maps: bool,
+    image_size: int,
+    threshold: float,
+    max_instances: int,
+    min_score: float,
+    angles: str,
+    scales: str,
+    max_pixels: int,
+    pyramid: bool,
+) -> None:
+    """Inspect every image under INPUT_DIR with --model (segmenting with --template, if given), or every
+    pair of --pairs: verdict JSON and heatmap per image under OUT, mirroring the inputs, and summary.json.
+
+    The exit status is 1 if any image failed (its verdict says why); the run never stops for one."""
+    storage = LocalStorage(out)
+    if pairs is not None:
+        comparer = PairComparer(image_size=image_size)
+        rows = read_pairs(pairs)
+        templates: dict[str, Path] = {}
+        items = []
+        for row in rows:
+            key = _relative(row.path, pairs.parent)
+            templates[key] = row.template
+            items.append((key, row.path))
+
+        def run(data: bytes, key: str) -> Inspection:
+            tpl_path = templates[key]
+            template = decode_image(read_local(tpl_path), str(tpl_path), max_pixels)
+            return inspect_pair(
+                data,
+                key,
+                template,
+                _relative(tpl_path, pairs.parent),
+                comparer,
+                threshold,
+                min_area,
+                max_pixels,
+            )
+
+        info = ModelInfo(method="variation (own template)")
+    elif input_dir is None or model_dir is None:
+        raise click.UsageError("give INPUT_DIR and --model, or --pairs")
+    else:
+        model = AnomalyModel.load(model_dir)
+        segmenter = (
+            _segmenter(template_path, angles, scales, min_score, max_instances, pyramid)
+            if template_path
+            else None
+        )
+        items = [(_relative(path, input_dir), path) for path in expand_inputs([input_dir])]
+
+        def run(data: bytes, key: str) -> Inspection:
+            return inspect_image(data, key, model, segmenter, product, min_area, max_pixels)
+
+        info = ModelInfo(product=product, version=str(model.meta.get("version")), method=model.config.method)
+    with progress_bar(len(items), "inspect") as bar:
+
+        def report(key: str, verdict: Verdict) -> None:
+            bar.advance(bar.task_ids[0])
+            if verdict.error is not None:
+                print_error(f"{key}: {verdict.error.message}", verdict.error.code)
+
+        summary = run_inspection(items, run, info, storage, save_maps, report)
+    click.echo(
+        f"inspected {summary.images} images: {json.dumps(summary.verdicts)}; {summary.instances} instances, "
+        f"{summary.anomalous_instances} anomalous, {summary.regions} regions; results in {out}"
+    )
+    if summary.failures:
+        sys.exit(1)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.name
 
 
 @cli.command()

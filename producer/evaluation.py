@@ -86,10 +86,10 @@ def run_pair_evaluation(comparer: PairComparer, items: Sequence[PairItem]) -> di
         template = _load(PairItem(item.kind, item.template, None), failures) if loaded else None
         if loaded is None or template is None:
             continue
-        result = comparer.compare(loaded[0], template[0])
-        if not result.aligned:
+        compared = comparer.compare(loaded[0], template[0])
+        if not compared.aligned:
             unaligned.append(str(item.path))
-        samples.append(Sample(item.kind, result.score, result.anomaly_map, loaded[1]))
+        samples.append(Sample(item.kind, compared.score, compared.anomaly_map, loaded[1]))
     elapsed = time.perf_counter() - start
     if not samples:
         raise InvalidArgumentError("--pairs", "no pair could be read")

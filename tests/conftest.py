@@ -5,11 +5,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.synth import Sheet, generate_sheet, reference_template
+from pipeline.images import encode_png
+from pipeline.synth import Sheet, generate_sheet, reference_template, render_instance
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -42,3 +44,26 @@ def template() -> np.ndarray:
 def sheets() -> list[Sheet]:
     """A few jittered sheets with a quarter of the instances defective."""
     return [generate_sheet(seed=101, index=i, defect_rate=0.25) for i in range(4)]
+
+
+@pytest.fixture(scope="session")
+def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A golden-template set in deeppcb's layout: defective renders in test/mixed, each with the clean
+    template in test/good, masks in ground_truth/mixed, and pairs.csv (with a header) listing them."""
+    root = tmp_path_factory.mktemp("pairs")
+    template = reference_template()
+    rows = ["tested_image,its_template"]
+    for folder in ("test/mixed", "test/good", "ground_truth/mixed"):
+        (root / folder).mkdir(parents=True)
+    for i, kind in enumerate(("scratch", "color", "structural", "blurry_text")):
+        image, defect = render_instance(kind, 0.9, np.random.default_rng([7, i]))
+        assert defect is not None
+        (root / f"test/mixed/{i:03d}_test.png").write_bytes(
+            encode_png(np.clip(image, 0, 255).astype(np.uint8))
+        )
+        (root / f"test/good/{i:03d}_temp.png").write_bytes(encode_png(template))
+        mask = np.repeat((defect.mask * 255).astype(np.uint8)[..., None], 3, axis=2)
+        (root / f"ground_truth/mixed/{i:03d}_test_mask.png").write_bytes(encode_png(mask))
+        rows.append(f"test/mixed/{i:03d}_test.png,test/good/{i:03d}_temp.png")
+    (root / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return root

@@ -12,7 +12,6 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.errors import InvalidArgumentError
-from pipeline.images import encode_png
 from pipeline.model import AnomalyModel, ModelConfig
 from pipeline.pairs import PairComparer, align
 from pipeline.synth import generate_sheet, reference_template, render_instance
@@ -169,27 +168,12 @@ def test_pair_compare_finds_the_defect_and_not_a_shift() -> None:
     assert same.score < found.score / 2
 
 
-def test_evaluate_pairs_reports_pixel_metrics(tmp_path: Path) -> None:
-    template = reference_template()
-    rows = ["tested_image,its_template"]
-    for folder in ("test/mixed", "test/good", "ground_truth/mixed"):
-        (tmp_path / folder).mkdir(parents=True)
-    for i, kind in enumerate(("scratch", "color", "structural", "blurry_text")):
-        image, defect = render_instance(kind, 0.9, np.random.default_rng([7, i]))
-        assert defect is not None
-        (tmp_path / f"test/mixed/{i:03d}_test.png").write_bytes(
-            encode_png(np.clip(image, 0, 255).astype(np.uint8))
-        )
-        (tmp_path / f"test/good/{i:03d}_temp.png").write_bytes(encode_png(template))
-        mask = np.repeat((defect.mask * 255).astype(np.uint8)[..., None], 3, axis=2)
-        (tmp_path / f"ground_truth/mixed/{i:03d}_test_mask.png").write_bytes(encode_png(mask))
-        rows.append(f"test/mixed/{i:03d}_test.png,test/good/{i:03d}_temp.png")
-    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
-    items = read_pairs(tmp_path / "pairs.csv")
+def test_evaluate_pairs_reports_pixel_metrics(pairs_dir: Path, tmp_path: Path) -> None:
+    items = read_pairs(pairs_dir / "pairs.csv")
     assert [item.kind for item in items] == ["mixed"] * 4 and all(item.mask for item in items)
     out = tmp_path / "metrics.json"
     result = CliRunner().invoke(
-        cli, ["evaluate", "--pairs", str(tmp_path / "pairs.csv"), "--image-size", "256", "--json", str(out)]
+        cli, ["evaluate", "--pairs", str(pairs_dir / "pairs.csv"), "--image-size", "256", "--json", str(out)]
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())

@@ -1,0 +1,200 @@
+"""One image, inspected: decode, segment, score, find regions, render; the verdict and its pictures.
+
+The same function serves the local ``defectscan inspect`` and the workers, so a verdict is the same
+whichever path produced it. Nothing here reads or writes files: bytes in, a verdict and arrays out.
+
+* With a segmenter, every instance of the template is cut out aligned and scored; with none, the whole
+  image is one instance. No template match is an error (``no_match``) in the verdict.
+* In golden-template mode (``inspect_pair``) the image is compared with its own template
+  (:mod:`pipeline.pairs`); the threshold is in the comparison's units (1.0: one absolute tolerance
+  outside the band) and the confidence is ``sigmoid((score - threshold) / threshold)``.
+* The image-level anomaly map puts each instance's map back where the instance lies (the inverse of the
+  crop's pose), the maximum where instances overlap, 0 elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.errors import DefectscanError, NoMatchError
+from pipeline.geometry import placement_matrix
+from pipeline.grade import find_regions
+from pipeline.images import DEFAULT_MAX_PIXELS, decode_image
+from pipeline.model import AnomalyModel
+from pipeline.pairs import PairComparer
+from pipeline.render import heatmap_overlay
+from pipeline.segment import Detection, Segmenter
+from pipeline.verdict import ErrorInfo, ImageInfo, Instance, ModelInfo, Verdict
+
+
+@dataclass
+class Inspection:
+    verdict: Verdict
+    anomaly_map: NDArray[np.float32] | None = field(default=None, repr=False)
+    heatmap: NDArray[np.uint8] | None = field(default=None, repr=False)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = round(self.ms.get(name, 0.0) + 1000 * (time.perf_counter() - start), 2)
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+
+def _guarded(
+    data: bytes,
+    key: str,
+    model: ModelInfo,
+    max_pixels: int,
+    body: Callable[[NDArray[np.uint8], _Clock], Inspection],
+) -> Inspection:
+    """Decode and run ``body``; a typed error becomes an ``error`` verdict naming the image."""
+    clock = _Clock()
+    info = ImageInfo(key=key, sha256=hashlib.sha256(data).hexdigest())
+    try:
+        with clock.stage("decode"):
+            rgb = decode_image(data, key, max_pixels)
+        info.height, info.width = rgb.shape[:2]
+        result = body(rgb, clock)
+    except DefectscanError as exc:
+        verdict = Verdict(image=info, model=model, verdict="error", error=ErrorInfo(**exc.as_dict()))
+        verdict.timings_ms = clock.ms
+        return Inspection(verdict)
+    result.verdict.image = info
+    result.verdict.timings_ms = clock.ms
+    return result
+
+
+def inspect_image(
+    data: bytes,
+    key: str,
+    model: AnomalyModel,
+    segmenter: Segmenter | None = None,
+    product: str | None = None,
+    min_area: int = 16,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Inspection:
+    """Inspect one encoded image with a trained model (and a template's segmenter, if any)."""
+    info = ModelInfo(product=product, version=_str(model.meta.get("version")), method=model.config.method)
+
+    def body(rgb: NDArray[np.uint8], clock: _Clock) -> Inspection:
+        height, width = rgb.shape[:2]
+        with clock.stage("segment"):
+            if segmenter is None:
+                detections: list[Detection] = []
+                crops = [rgb]
+            else:
+                detections = segmenter.find(rgb, key)
+                if not detections:
+                    raise NoMatchError(key, "no instance of the template was found")
+                crops = segmenter.crops(rgb, detections)
+        with clock.stage("score"):
+            results = model.score(crops)
+        threshold = model.calibration.threshold
+        instances, image_map = [], np.zeros((height, width), np.float32)
+        with clock.stage("grade"):
+            for index, res in enumerate(results):
+                det = detections[index] if detections else None
+                box = det.box if det else (0.0, 0.0, float(width), float(height))
+                instances.append(
+                    Instance(
+                        index=index,
+                        box=tuple(round(v, 2) for v in box),
+                        angle=round(det.pose.angle, 4) if det else 0.0,
+                        scale=round(det.pose.scale, 5) if det else 1.0,
+                        match_score=round(det.score, 5) if det else None,
+                        score=res.score,
+                        threshold=threshold,
+                        confidence=round(res.normalized, 6),
+                        is_anomalous=res.is_anomalous,
+                        regions=find_regions(res.anomaly_map, threshold, min_area),
+                    )
+                )
+                _place(image_map, res.anomaly_map, det)
+        with clock.stage("render"):
+            heatmap = heatmap_overlay(rgb, image_map, threshold)
+        anomalous = any(i.is_anomalous for i in instances)
+        verdict = Verdict(
+            image=ImageInfo(key=key), model=info, verdict="defect" if anomalous else "ok", instances=instances
+        )
+        return Inspection(verdict, image_map, heatmap)
+
+    return _guarded(data, key, info, max_pixels, body)
+
+
+def inspect_pair(
+    data: bytes,
+    key: str,
+    template: NDArray[np.uint8],
+    template_key: str,
+    comparer: PairComparer,
+    threshold: float = 1.0,
+    min_area: int = 16,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Inspection:
+    """Inspect one encoded image against its own (decoded) template."""
+    info = ModelInfo(method=f"variation (own template, {comparer.image_size} px)")
+
+    def body(rgb: NDArray[np.uint8], clock: _Clock) -> Inspection:
+        height, width = rgb.shape[:2]
+        with clock.stage("score"):
+            res = comparer.compare(rgb, template)
+        with clock.stage("grade"):
+            instance = Instance(
+                index=0,
+                box=(0.0, 0.0, float(width), float(height)),
+                angle=round(res.angle, 4),
+                score=res.score,
+                threshold=threshold,
+                confidence=round(_sigmoid((res.score - threshold) / max(threshold, 1e-9)), 6),
+                is_anomalous=res.score > threshold,
+                regions=find_regions(res.anomaly_map, threshold, min_area),
+            )
+        with clock.stage("render"):
+            heatmap = heatmap_overlay(rgb, res.anomaly_map, threshold)
+        verdict = Verdict(
+            image=ImageInfo(key=key),
+            model=info,
+            verdict="defect" if instance.is_anomalous else "ok",
+            template=template_key,
+            instances=[instance],
+        )
+        return Inspection(verdict, res.anomaly_map, heatmap)
+
+    return _guarded(data, key, info, max_pixels, body)
+
+
+def _place(image_map: NDArray[np.float32], crop_map: NDArray[np.float32], det: Detection | None) -> None:
+    """Put a crop's map back where the crop came from (max where instances overlap)."""
+    if det is None:
+        np.maximum(image_map, crop_map, out=image_map)
+        return
+    h, w = crop_map.shape
+    matrix = placement_matrix(det.pose, w, h)
+    placed = cv2.warpAffine(
+        crop_map, matrix, (image_map.shape[1], image_map.shape[0]), flags=cv2.INTER_LINEAR, borderValue=0
+    )
+    np.maximum(image_map, placed, out=image_map)
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,29 @@
+"""Pictures for people: the input with its anomaly map as a colour overlay and region outlines.
+
+The overlay colours the map relative to the threshold: below 0.8 of the threshold the input shows
+through untouched; from there the colour fades in (fully blended at the threshold) and runs through
+the JET scale from blue at 0.8 of the threshold to red at 1.5 times it and above. Regions above the
+threshold are outlined in white.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+
+def heatmap_overlay(
+    image: NDArray[np.uint8], anomaly_map: NDArray[np.float32], threshold: float, alpha: float = 0.5
+) -> NDArray[np.uint8]:
+    """RGB ``image`` with ``anomaly_map`` (same height and width) blended over it."""
+    relative = anomaly_map / max(abs(threshold), 1e-9)
+    level = np.clip((relative - 0.8) / 0.7, 0.0, 1.0)
+    colour = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    weight = (alpha * np.clip((relative - 0.8) / 0.2, 0.0, 1.0))[..., None]
+    out = image.astype(np.float32) * (1 - weight) + colour.astype(np.float32) * weight
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    above = (anomaly_map > threshold).astype(np.uint8)
+    contours, _ = cv2.findContours(above, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, (255, 255, 255), 1)
+    return out

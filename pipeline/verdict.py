@@ -1,0 +1,82 @@
+"""The JSON verdict written for every inspected image: schema ``defectscan.verdict/1``.
+
+One verdict per input image, whichever path produced it (the local ``defectscan inspect`` or a worker).
+``verdict`` is ``ok`` (every instance below its threshold), ``defect`` (at least one above) or ``error``
+(the image could not be inspected; ``error`` names why, and ``instances`` is empty). The JSON Schema is
+committed as ``docs/verdict.schema.json`` (``python -m pipeline.verdict`` prints it).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA = "defectscan.verdict/1"
+
+
+class ImageInfo(BaseModel):
+    key: str = Field(description="the image's path or storage key, relative to the inputs")
+    width: int | None = None
+    height: int | None = None
+    sha256: str | None = None
+
+
+class ModelInfo(BaseModel):
+    product: str | None = None
+    version: str | None = None
+    method: str
+
+
+class Region(BaseModel):
+    """A connected region of the instance's anomaly map above the threshold (crop pixels)."""
+
+    box: tuple[int, int, int, int] = Field(description="x, y, w, h in the crop")
+    area_px: int
+    area_pct: float = Field(description="area in % of the crop")
+    peak: float = Field(description="highest anomaly score in the region")
+    mean: float = Field(description="mean anomaly score in the region")
+
+
+class Instance(BaseModel):
+    index: int
+    box: tuple[float, float, float, float] = Field(description="x, y, w, h in the image")
+    angle: float = 0.0
+    scale: float = 1.0
+    match_score: float | None = Field(None, description="template match score; None for a whole image")
+    score: float = Field(description="raw anomaly score: the maximum of the anomaly map, never clipped")
+    threshold: float
+    confidence: float = Field(description="sigmoid((score - threshold) / ok_std); 0.5 at the threshold")
+    is_anomalous: bool
+    regions: list[Region] = []
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class Verdict(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    schema_: Literal["defectscan.verdict/1"] = Field(default="defectscan.verdict/1", alias="schema")
+    image: ImageInfo
+    model: ModelInfo
+    verdict: Literal["ok", "defect", "error"]
+    template: str | None = Field(None, description="the image's own template (golden-template mode)")
+    instances: list[Instance] = []
+    outputs: dict[str, str] = Field({}, description="pictures written for this image, relative keys")
+    timings_ms: dict[str, float] = {}
+    error: ErrorInfo | None = None
+
+    def to_json(self) -> bytes:
+        return (self.model_dump_json(by_alias=True, indent=2) + "\n").encode()
+
+
+def json_schema() -> str:
+    return json.dumps(Verdict.model_json_schema(by_alias=True), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    print(json_schema(), end="")

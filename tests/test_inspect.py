@@ -1,0 +1,97 @@
+"""`defectscan inspect`: verdicts, pictures and the summary, for a template job and for golden templates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.images import encode_png
+from pipeline.inspection import inspect_image
+from pipeline.model import AnomalyModel, ModelConfig
+from pipeline.segment import Segmenter, SegmentOptions
+from pipeline.synth import Sheet
+from pipeline.verdict import Verdict, json_schema
+from producer.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model(sheets: list[Sheet], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ok = [s.crop(i) for s in sheets for i in s.instances if i.defect is None]
+    trained = AnomalyModel.fit(ok, ModelConfig(image_size=128, coreset_ratio=0.1, tta_views=("identity",)))
+    return trained.save(tmp_path_factory.mktemp("model") / "m")
+
+
+def test_the_committed_json_schema_is_the_models() -> None:
+    assert (ROOT / "docs" / "verdict.schema.json").read_text() == json_schema()
+
+
+def test_an_instance_map_lands_where_the_instance_lies(
+    sheets: list[Sheet], model: Path, template: np.ndarray
+) -> None:
+    sheet = sheets[0]
+    segmenter = Segmenter(template, SegmentOptions(angles=(-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)))
+    result = inspect_image(encode_png(sheet.image), "s.png", AnomalyModel.load(model), segmenter)
+    verdict = result.verdict
+    assert verdict.verdict in ("ok", "defect") and len(verdict.instances) == 8
+    assert result.anomaly_map is not None and result.anomaly_map.shape == sheet.image.shape[:2]
+    for instance in verdict.instances:  # the map is zero outside every instance
+        x, y, w, h = (int(v) for v in instance.box)
+        window = result.anomaly_map[max(y, 0) : y + h, max(x, 0) : x + w]
+        assert window.max() == pytest.approx(instance.score, rel=0.02)
+    inside = np.zeros(sheet.image.shape[:2], bool)
+    for instance in verdict.instances:  # boxes are the instances' outer pixel edges; 2 px for rounding
+        x, y, w, h = instance.box
+        inside[max(int(y) - 2, 0) : int(y + h) + 3, max(int(x) - 2, 0) : int(x + w) + 3] = True
+    assert result.anomaly_map[~inside].max() == 0.0
+    assert set(verdict.timings_ms) == {"decode", "segment", "score", "grade", "render"}
+
+
+def test_inspect_writes_verdicts_mirroring_the_inputs(
+    sheets: list[Sheet], model: Path, template: np.ndarray, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "in"
+    (inputs / "line3").mkdir(parents=True)
+    (inputs / "line3" / "a.png").write_bytes(encode_png(sheets[1].image))
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (inputs / "blank.png").write_bytes(encode_png(np.full((800, 1200, 3), 30, np.uint8)))
+    (tmp_path / "t.png").write_bytes(encode_png(template))
+    out = tmp_path / "out"
+    args = ["inspect", str(inputs), "--model", str(model), "--template", str(tmp_path / "t.png")]
+    result = CliRunner().invoke(cli, [*args, "--out", str(out), "--save-maps", "--product", "foil-star"])
+    assert result.exit_code == 1, result.output  # two images failed; the run went on
+    good = Verdict.model_validate_json((out / "line3" / "a.png.json").read_bytes())
+    assert good.schema_ == "defectscan.verdict/1" and good.image.key == "line3/a.png"
+    assert good.model.product == "foil-star" and good.model.version and good.model.method == "patchcore"
+    assert len(good.instances) == 8 and good.verdict in ("ok", "defect")
+    assert (out / good.outputs["heatmap"]).is_file()
+    saved = np.load(out / good.outputs["map"], allow_pickle=False)
+    assert saved.dtype == np.float32 and saved.shape == sheets[1].image.shape[:2]
+    assert saved.max() == pytest.approx(max(i.score for i in good.instances), rel=0.02)
+    broken = json.loads((out / "broken.png.json").read_text())
+    assert broken["verdict"] == "error" and broken["error"]["code"] == "decode_error"
+    assert "broken.png" in broken["error"]["message"]
+    blank = json.loads((out / "blank.png.json").read_text())
+    assert blank["verdict"] == "error" and blank["error"]["code"] == "no_match"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 3 and summary["verdicts"]["error"] == 2
+    assert sorted(f["key"] for f in summary["failures"]) == ["blank.png", "broken.png"]
+
+
+def test_inspect_pairs_flags_each_defect_against_its_own_template(pairs_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, ["inspect", "--pairs", str(pairs_dir / "pairs.csv"), "--image-size", "256", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    for i in range(4):
+        verdict = Verdict.model_validate_json((out / f"test/mixed/{i:03d}_test.png.json").read_bytes())
+        assert verdict.template == f"test/good/{i:03d}_temp.png"
+        assert verdict.verdict == "defect" and verdict.instances[0].regions
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["verdicts"] == {"defect": 4}

@@ -152,16 +152,19 @@ def test_same_stem_twice_is_refused_before_any_work(synth_dir: Path, tmp_path: P
 def test_console_script_demo_runs_the_main_job(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [str(BIN / "defectscan"), "demo", str(tmp_path / "demo"), "--sheets", "2"],
+        [str(BIN / "defectscan"), "demo", str(tmp_path / "demo"), "--sheets", "3"],
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "segmented 2 images: 16 instances, 0 failed" in proc.stdout
-    assert str(tmp_path / "demo" / "segments") in proc.stdout
-    assert len(list((tmp_path / "demo" / "segments").glob("sheet_*_*.png"))) == 16
+    assert "inspected 3 images" in proc.stdout and "24 instances" in proc.stdout
+    results = tmp_path / "demo" / "results"
+    assert str(results) in proc.stdout
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["images"] == 3 and summary["instances"] == 24 and not summary["failures"]
+    assert len(list(results.glob("sheet_*.png.heatmap.png"))) == 3
 
 
 def test_train_and_evaluate_on_a_synthetic_mvtec_set(synth_dir: Path, tmp_path: Path) -> None:

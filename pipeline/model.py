@@ -95,7 +95,8 @@ class ModelConfig:
     feature_floor: float = 0.05
     feature_scale: float = 0.25
     # fusion (pipeline.fusion): how the members' normalised maps combine
-    fusion: str = "mean"
+    fusion: str = "lead"
+    fusion_margin: float = 3.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -115,8 +116,8 @@ class ModelConfig:
             raise InvalidArgumentError("--tta", "variation compares aligned pixels: no flipped views")
         if not 0 < self.tolerance_abs <= 1 or self.tolerance_rel < 0 or not 0 <= self.search_px <= 8:
             raise InvalidArgumentError("tolerance", "needs abs in (0, 1], rel >= 0, search_px 0..8")
-        if self.fusion not in ("mean", "max"):
-            raise InvalidArgumentError("fusion", "must be mean or max")
+        if self.fusion not in fusion.FUSIONS:
+            raise InvalidArgumentError("fusion", f"must be one of {', '.join(fusion.FUSIONS)}")
         if self.tta_reduce not in ("mean", "max"):
             raise InvalidArgumentError("tta_reduce", "must be mean or max")
 
@@ -209,12 +210,11 @@ class AnomalyModel:
             weights = [1.0] * (len(samples) - len(aux)) + [aux_weight] * len(aux)
             stats[name] = _fit_member(member, model._training_batches(samples, weights), config)
         if isinstance(net, FusedNet):
-            ok_member = {name: model.member_scores(held_ok, name) for name in net.members}
-            stats["fusion"] = net.set_normalisation(ok_member)
+            stats["fusion"], ok_scores = model._fit_fusion(held_ok)
         else:
             stats = dict(stats[config.method])  # type: ignore[call-overload]
+            ok_scores = [r.score for r in model.score(held_ok)] if held_ok else []
         model.net.eval()
-        ok_scores = [r.score for r in model.score(held_ok)] if held_ok else []
         defect_scores = [r.score for r in model.score(val_defects)] if val_defects else []
         model.calibration = calibrate(ok_scores, defect_scores)
         model.meta = {
@@ -277,11 +277,17 @@ class AnomalyModel:
         out: list[ScoreResult] = []
         for start in range(0, len(images), step):
             chunk = images[start : start + step]
-            maps = self.maps(self._preprocess(chunk), views)
-            for img, amap in zip(chunk, maps, strict=True):
-                full = cv2.resize(amap, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
-                full = np.asarray(full, dtype=np.float32)
-                out.append(self._result(full))
+            out.extend(self._results(chunk, self.maps(self._preprocess(chunk), views)))
+        return out
+
+    def _results(self, chunk: Sequence[NDArray[np.uint8]], maps: NDArray[np.float32]) -> list[ScoreResult]:
+        """Each map resized to its crop's own size, then scored."""
+        out = []
+        for img, amap in zip(chunk, maps, strict=True):
+            full = cv2.resize(
+                amap.astype(np.float32), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR
+            )
+            out.append(self._result(np.asarray(full, dtype=np.float32)))
         return out
 
     def maps(self, batch: torch.Tensor, views: Sequence[str]) -> NDArray[np.float32]:
@@ -306,14 +312,38 @@ class AnomalyModel:
     @torch.no_grad()
     def member_scores(self, images: Sequence[NDArray[np.uint8]], name: str) -> list[float]:
         """Image scores of one member of a fused model, before normalisation (the max of its map)."""
+        return [float(m.amax()) for batch in self._member_batches(images) for m in batch[name]]
+
+    def _member_batches(self, images: Sequence[NDArray[np.uint8]]) -> Iterator[dict[str, torch.Tensor]]:
         assert isinstance(self.net, FusedNet)
-        member = self.net.members[name]
-        views = fusion.member_views(name, self.config.tta_views)
-        out: list[float] = []
-        for start in range(0, len(images), self.config.batch_size):
-            batch = self._preprocess(images[start : start + self.config.batch_size])
-            out.extend(self._member_maps(member, batch, views).amax(dim=(1, 2, 3)).tolist())
-        return out
+        step = self.config.batch_size
+        for start in range(0, len(images), step):
+            batch = self._preprocess(images[start : start + step])
+            yield {
+                name: self._member_maps(member, batch, fusion.member_views(name, self.config.tta_views))
+                for name, member in self.net.members.items()
+            }
+
+    @torch.no_grad()
+    def _fit_fusion(
+        self, held: Sequence[NDArray[np.uint8]]
+    ) -> tuple[dict[str, dict[str, float]], list[float]]:
+        """Normalise each member on the held-out crops, then score them fused: each member's maps are
+        computed once and serve both steps (the same numbers :meth:`score` gives)."""
+        assert isinstance(self.net, FusedNet)
+        parts = list(self._member_batches(held))
+        norms = self.net.set_normalisation(
+            {name: [float(m.amax()) for batch in parts for m in batch[name]] for name in self.net.members},
+            self.config.fusion_margin,
+        )
+        scores: list[float] = []
+        step = self.config.batch_size
+        for i, batch in enumerate(parts):
+            members = [batch[name] for name in self.net.members]
+            merged = self.net.combine(members, self.config.fusion)
+            chunk = held[i * step : (i + 1) * step]
+            scores.extend(r.score for r in self._results(chunk, merged[:, 0].cpu().numpy()))
+        return norms, scores
 
     def _result(self, amap: NDArray[np.float32]) -> ScoreResult:
         score = float(amap.max())

@@ -127,6 +127,12 @@ def test_fusion_normalises_each_member_on_held_out_ok_crops(
         scores = torch.tensor(fused.member_scores(held, name), dtype=torch.float64)
         assert norms[name]["loc"] == pytest.approx(float(scores.mean()), rel=1e-5)
         assert norms[name]["scale"] == pytest.approx(float(scores.std()), rel=1e-5)
+        assert norms[name]["margin"] >= 3.0
+    # lead rule: a held-out OK crop scores exactly PatchCore's z; the variation model adds only beyond
+    # its own highest z on them
+    pc = norms["patchcore"]
+    expected = [(s - pc["loc"]) / pc["scale"] for s in fused.member_scores(held[:6], "patchcore")]
+    assert [r.score for r in fused.score(held[:6])] == pytest.approx(expected, rel=0.02, abs=0.05)
     bad = [_tint(crop, x, y, 4) for crop in probes for x, y in SPOTS]
     ok_scores = [r.score for r in fused.score(probes)]
     assert min(r.score for r in fused.score(bad)) > max(ok_scores)

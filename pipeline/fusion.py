@@ -16,8 +16,9 @@ product is not aligned enough for it. ``mean`` (the mean of the ``z`` maps) and 
 comparison.
 Measured on magnetic_tile (unaligned tiles, where the variation model alone reaches only 0.70 image
 AUROC), with TTA: ``lead`` 0.906 / 0.794, ``mean`` 0.902 / 0.791, ``max`` 0.883 / 0.772 (image / pixel
-AUROC), PatchCore alone 0.907 / 0.794 (see the README). A member that is mostly noise drags a mean down; the lead rule
-keeps PatchCore's ranking and adds the variation model's few-pixel finds on aligned prints.
+AUROC), PatchCore alone 0.907 / 0.794 (see the README). A member that is mostly noise drags a mean
+down; the lead rule keeps PatchCore's ranking and adds the variation model's few-pixel finds on
+aligned prints.
 
 Each member sees the TTA views it can use: flipped views are for PatchCore (trained with them); the
 variation model compares aligned pixels, so it takes only the identity and photometric views.

@@ -41,6 +41,7 @@ class Inspection:
     verdict: Verdict
     anomaly_map: NDArray[np.float32] | None = field(default=None, repr=False)
     heatmap: NDArray[np.uint8] | None = field(default=None, repr=False)
+    crop_heatmaps: list[NDArray[np.uint8]] = field(default_factory=list, repr=False)
 
 
 class _Clock:
@@ -132,11 +133,14 @@ def inspect_image(
                 _place(image_map, res.anomaly_map, det)
         with clock.stage("render"):
             heatmap = heatmap_overlay(rgb, image_map, threshold)
+            per_crop = [
+                heatmap_overlay(c, r.anomaly_map, threshold) for c, r in zip(crops, results, strict=True)
+            ]
         anomalous = any(i.is_anomalous for i in instances)
         verdict = Verdict(
             image=ImageInfo(key=key), model=info, verdict="defect" if anomalous else "ok", instances=instances
         )
-        return Inspection(verdict, image_map, heatmap)
+        return Inspection(verdict, image_map, heatmap, per_crop if detections else [])
 
     return _guarded(data, key, info, max_pixels, body)
 

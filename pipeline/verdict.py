@@ -50,6 +50,7 @@ class Instance(BaseModel):
     confidence: float = Field(description="sigmoid((score - threshold) / ok_std); 0.5 at the threshold")
     is_anomalous: bool
     regions: list[Region] = []
+    heatmap: str | None = Field(None, description="the crop's own heatmap, a key relative to the outputs")
 
 
 class ErrorInfo(BaseModel):

@@ -1,7 +1,8 @@
 """The local ``defectscan inspect``: every image under a folder (or every pair of a pairs CSV), inspected
 with :mod:`pipeline.inspection`, verdicts and pictures written beside each other under ``OUT``.
 
-``OUT/<input-relative-path>.json`` is the verdict; ``.heatmap.png`` the overlay; with ``save_maps``,
+``OUT/<input-relative-path>.json`` is the verdict; ``.heatmap.png`` the overlay, and
+``.<k>.heatmap.png`` each segmented instance's crop with its own map; with ``save_maps``,
 ``.map.npy`` the image-level anomaly map (float32, the same values as the scores). Pictures are written
 before the verdict, and ``summary.json`` last, each file whole, so a verdict that exists describes
 pictures that exist. An image that fails gets an ``error`` verdict and the run goes on.
@@ -59,6 +60,9 @@ def write_inspection(out: LocalStorage, key: str, result: Inspection, save_maps:
         np.save(buffer, result.anomaly_map.astype(np.float32), allow_pickle=False)
         out.put(f"{key}.map.npy", buffer.getvalue())
         outputs["map"] = f"{key}.map.npy"
+    for instance, picture in zip(result.verdict.instances, result.crop_heatmaps, strict=False):
+        instance.heatmap = f"{key}.{instance.index}.heatmap.png"
+        out.put(instance.heatmap, encode_png(picture))
     result.verdict.outputs = outputs
     out.put(f"{key}.json", result.verdict.to_json())
 

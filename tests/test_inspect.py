@@ -70,6 +70,8 @@ def test_inspect_writes_verdicts_mirroring_the_inputs(
     assert good.model.product == "foil-star" and good.model.version and good.model.method == "patchcore"
     assert len(good.instances) == 8 and good.verdict in ("ok", "defect")
     assert (out / good.outputs["heatmap"]).is_file()
+    crop_heatmaps = [out / i.heatmap for i in good.instances if i.heatmap]
+    assert len(crop_heatmaps) == 8 and all(p.is_file() for p in crop_heatmaps)
     saved = np.load(out / good.outputs["map"], allow_pickle=False)
     assert saved.dtype == np.float32 and saved.shape == sheets[1].image.shape[:2]
     assert saved.max() == pytest.approx(max(i.score for i in good.instances), rel=0.02)

@@ -24,8 +24,9 @@ defect crops, the threshold is the one that maximises F1 over the held-out OK an
 
 **Artifact** (a directory): ``model.safetensors`` (every tensor of the network, backbone included, so a
 model never depends on a weights package or the network), ``model.json`` (config, preprocessing,
-calibration, training-set summary, metrics, created_at, version) and ``reference.png`` (the mean OK
-crop). Loading executes no code from the files.
+calibration, training-set summary, metrics, created_at, version), ``reference.png`` (the mean OK
+crop) and ``regions.png`` (the product's region map, :mod:`pipeline.regions`; edit it to override).
+Loading executes no code from the files.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ from pipeline import fusion, networks, tta
 from pipeline.backbone import LITE2, normalization
 from pipeline.errors import DefectscanError, InvalidArgumentError
 from pipeline.fusion import FusedNet
-from pipeline.images import encode_png
+from pipeline.images import decode_image, encode_png
+from pipeline.regions import RegionMap, from_png_rgb, region_map
 from pipeline.variation import VariationNet, fit_variation, normal_variants
 
 SCHEMA = "defectscan.model/1"
@@ -158,6 +160,7 @@ class AnomalyModel:
         self.calibration = calibration
         self.meta = meta
         self.reference: NDArray[np.uint8] | None = None  # the mean OK crop, written as reference.png
+        self.regions: RegionMap | None = None  # from the reference; regions.png (a user may edit it)
         mean, std = normalization(config.backbone)
         self._mean = torch.tensor(mean, device=device()).view(1, 3, 1, 1)
         self._std = torch.tensor(std, device=device()).view(1, 3, 1, 1)
@@ -233,6 +236,7 @@ class AnomalyModel:
             "reference_size": _reference_size(ok),
         }
         model.reference = reference_image(ok)
+        model.regions = region_map(model.reference)
         return model
 
     def _preprocess(self, images: Sequence[NDArray[np.uint8]]) -> torch.Tensor:
@@ -384,6 +388,8 @@ class AnomalyModel:
         save_file(state, str(out / "model.safetensors"))
         if self.reference is not None:
             (out / "reference.png").write_bytes(encode_png(self.reference))
+        if self.regions is not None:
+            (out / "regions.png").write_bytes(encode_png(self.regions.to_png_rgb()))
         (out / "model.json").write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
         self.meta["version"] = version
         return out
@@ -416,7 +422,16 @@ class AnomalyModel:
             raise ModelFormatError(str(path / "model.safetensors"), f"cannot load weights ({exc})") from None
         calibration = Calibration(**doc["calibration"])
         meta = {k: v for k, v in doc.items() if k not in ("config", "calibration")}
-        return cls(config, net, calibration, meta)
+        model = cls(config, net, calibration, meta)
+        if (path / "reference.png").is_file():
+            model.reference = decode_image((path / "reference.png").read_bytes(), str(path / "reference.png"))
+            labelled = path / "regions.png"
+            model.regions = (
+                from_png_rgb(decode_image(labelled.read_bytes(), str(labelled)), model.reference)
+                if labelled.is_file()
+                else region_map(model.reference)
+            )
+        return model
 
     def with_views(self, views: Sequence[str], reduce: str | None = None) -> AnomalyModel:
         """The same model scoring with other TTA views (for evaluation and benchmarks)."""

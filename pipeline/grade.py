@@ -1,37 +1,171 @@
-"""Anomalous regions of an instance: where its anomaly map rises above the model's threshold.
+"""Anomalous regions of an instance, their defect type, evidence, severity and level.
 
-The map (at the crop's resolution) is thresholded at the model's threshold, and every 8-connected
-component of at least ``min_area`` pixels is a region: its box, area in pixels and in % of the crop,
-and its peak and mean score. Components smaller than ``min_area`` are ignored as speckle.
+**Regions.** The instance's anomaly map (at the crop's resolution) is thresholded at the model's
+threshold; every 8-connected component of at least ``min_area`` pixels is a region, with its box, area
+(pixels and % of the crop) and peak and mean score.
+
+**Type**, from where the region lies on the product's region map (:mod:`pipeline.regions`) and its
+shape. Anomaly maps are smooth, so a region also spreads over the substrate around a defect; the rules
+therefore weigh the classes *of the printed part* of the region (text, edge band, interior), in order:
+
+1. ``other`` when less than 10 % of the region is on the print (a defect on the substrate);
+2. ``blurry_text`` when text is at least half of its printed part;
+3. ``color_scratch`` when it is elongated (the long side of its minimum-area rectangle at least 4 times
+   the short one): a scratch across the structure;
+4. ``structural`` when the structure-edge band is at least half of its printed part: a malformed
+   structure; ``color_scratch`` otherwise (it lies within the structure: a colour defect).
+
+**Evidence** (in the verdict), against the reference image inside the region's box:
+``sharpness_ratio`` (variance of the Laplacian, crop over reference; below 1 is blurrier),
+``structure_iou`` (the crop's print, binarised at the reference's Otsu level, against the reference's
+structure mask), ``delta_e`` (mean CIEDE2000 colour difference over the region) and ``elongation``.
+
+**Severity** (0-100): ``100 * (1 - exp(-(a + e + v)))`` with the area term ``a = area_pct / 2``, the
+excess term ``e = 2 * (peak / threshold - 1)`` and the type's evidence term ``v``: ``1 -
+sharpness_ratio`` for blurry text, ``1 - structure_iou`` for structural defects, ``delta_e / 20`` for
+colour and scratches, 0 for ``other`` (each clipped at 0). Every term grows with a larger or stronger
+defect and the formula is increasing in each, so severity never drops as a defect grows (tested).
+**Level**: ``minor`` below ``levels[1]``, ``major`` below ``levels[2]``, ``critical`` from there (the
+thresholds are in the model's config, default 40 and 70); an instance's severity is its worst region's,
+and an instance with no region is ``none``.
 """
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 from numpy.typing import NDArray
+from skimage import color
 
-from pipeline.verdict import Region
+from pipeline.images import to_gray
+from pipeline.regions import EDGE, INTERIOR, TEXT, RegionMap
+from pipeline.verdict import Defect
+
+DEFAULT_LEVELS = (0.0, 40.0, 70.0)
 
 
-def find_regions(anomaly_map: NDArray[np.float32], threshold: float, min_area: int = 16) -> list[Region]:
-    """Connected regions above ``threshold``, largest first."""
+def find_regions(
+    anomaly_map: NDArray[np.float32], threshold: float, min_area: int = 16
+) -> list[NDArray[np.bool_]]:
+    """Masks of the connected regions above ``threshold``, largest first."""
     above = (anomaly_map > threshold).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
-    total = anomaly_map.size
-    regions = []
-    for label in range(1, count):
-        x, y, w, h, area = (int(v) for v in stats[label])
-        if area < min_area:
-            continue
-        values = anomaly_map[labels == label]
-        regions.append(
-            Region(
-                box=(x, y, w, h),
+    keep = [label for label in range(1, count) if stats[label, cv2.CC_STAT_AREA] >= min_area]
+    keep.sort(key=lambda label: -int(stats[label, cv2.CC_STAT_AREA]))
+    return [labels == label for label in keep]
+
+
+def grade(
+    crop: NDArray[np.uint8],
+    anomaly_map: NDArray[np.float32],
+    threshold: float,
+    reference: NDArray[np.uint8] | None,
+    regions: RegionMap | None,
+    min_area: int = 16,
+    levels: tuple[float, float, float] = DEFAULT_LEVELS,
+) -> list[Defect]:
+    """Every anomalous region of one crop as a graded defect (see the module docstring)."""
+    if reference is not None and reference.shape[:2] != crop.shape[:2]:
+        reference = np.asarray(
+            cv2.resize(reference, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_AREA)
+        )
+        regions = None  # a map made for another size does not apply
+    out = []
+    for mask in find_regions(anomaly_map, threshold, min_area):
+        ys, xs = np.nonzero(mask)
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        values = anomaly_map[mask]
+        area = int(mask.sum())
+        area_pct = 100.0 * area / mask.size
+        elongation = _elongation(mask)
+        kind = _type(mask, regions, elongation)
+        evidence = {"elongation": round(elongation, 3)}
+        if reference is not None:
+            evidence.update(_evidence(crop[y0:y1, x0:x1], reference[y0:y1, x0:x1], mask[y0:y1, x0:x1]))
+        peak = float(values.max())
+        score = _severity(kind, area_pct, peak / max(threshold, 1e-9), evidence)
+        out.append(
+            Defect(
+                type=kind,
+                level=level_of(score, levels),
+                severity=round(score, 2),
+                box=(x0, y0, x1 - x0, y1 - y0),
                 area_px=area,
-                area_pct=round(100.0 * area / total, 4),
-                peak=round(float(values.max()), 6),
+                area_pct=round(area_pct, 4),
+                peak=round(peak, 6),
                 mean=round(float(values.mean()), 6),
+                evidence=evidence,
             )
         )
-    return sorted(regions, key=lambda r: -r.area_px)
+    return out
+
+
+def level_of(severity: float, levels: tuple[float, float, float] = DEFAULT_LEVELS) -> str:
+    if severity >= levels[2]:
+        return "critical"
+    if severity >= levels[1]:
+        return "major"
+    return "minor"
+
+
+def _type(mask: NDArray[np.bool_], regions: RegionMap | None, elongation: float) -> str:
+    if regions is None:
+        return "other"
+    text, edge, interior = (regions.fraction(mask, c) for c in (TEXT, EDGE, INTERIOR))
+    on_print = text + edge + interior
+    if on_print < 0.1:
+        return "other"
+    if text / on_print >= 0.5:
+        return "blurry_text"
+    if elongation >= 4:
+        return "color_scratch"
+    return "structural" if edge / on_print >= 0.5 else "color_scratch"
+
+
+def _elongation(mask: NDArray[np.bool_]) -> float:
+    points = np.column_stack(np.nonzero(mask)).astype(np.float32)
+    (_, _), (w, h), _ = cv2.minAreaRect(points)
+    return float(max(w, h) / max(min(w, h), 1.0))
+
+
+def _evidence(
+    crop: NDArray[np.uint8], reference: NDArray[np.uint8], mask: NDArray[np.bool_]
+) -> dict[str, float]:
+    gray_c = to_gray(crop).astype(np.float32)
+    gray_r = to_gray(reference).astype(np.float32)
+    sharp_c = float(cv2.Laplacian(gray_c, cv2.CV_32F).var())
+    sharp_r = float(cv2.Laplacian(gray_r, cv2.CV_32F).var())
+    level, _ = cv2.threshold(
+        np.clip(gray_r, 0, 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU
+    )
+    ink_r, ink_c = gray_r > level, gray_c > level
+    union = int((ink_r | ink_c).sum())
+    iou = float((ink_r & ink_c).sum()) / union if union else 1.0
+    return {
+        "sharpness_ratio": round(sharp_c / max(sharp_r, 1e-6), 4),
+        "structure_iou": round(iou, 4),
+        "delta_e": round(float(delta_e2000(crop[mask], reference[mask]).mean()), 3),
+    }
+
+
+def _severity(kind: str, area_pct: float, relative_peak: float, evidence: dict[str, float]) -> float:
+    area_term = max(area_pct, 0.0) / 2
+    excess = 2 * max(relative_peak - 1, 0.0)
+    if kind == "blurry_text":
+        proof = 1 - evidence.get("sharpness_ratio", 1.0)
+    elif kind == "structural":
+        proof = 1 - evidence.get("structure_iou", 1.0)
+    elif kind == "color_scratch":
+        proof = evidence.get("delta_e", 0.0) / 20
+    else:
+        proof = 0.0
+    return 100 * (1 - math.exp(-(area_term + excess + max(proof, 0.0))))
+
+
+def delta_e2000(rgb_a: NDArray[np.uint8], rgb_b: NDArray[np.uint8]) -> NDArray[np.float64]:
+    """CIEDE2000 colour difference between two arrays of RGB pixels ``(..., 3)`` (scikit-image, D65)."""
+    lab_a = color.rgb2lab(np.asarray(rgb_a, np.float64).reshape(-1, 1, 3) / 255.0)
+    lab_b = color.rgb2lab(np.asarray(rgb_b, np.float64).reshape(-1, 1, 3) / 255.0)
+    return np.asarray(color.deltaE_ciede2000(lab_a, lab_b), np.float64).reshape(np.shape(rgb_a)[:-1])

@@ -27,13 +27,14 @@ from numpy.typing import NDArray
 
 from pipeline.errors import DefectscanError, NoMatchError
 from pipeline.geometry import placement_matrix
-from pipeline.grade import find_regions
+from pipeline.grade import grade, level_of
 from pipeline.images import DEFAULT_MAX_PIXELS, decode_image
 from pipeline.model import AnomalyModel
 from pipeline.pairs import PairComparer
+from pipeline.regions import region_map
 from pipeline.render import heatmap_overlay
 from pipeline.segment import Detection, Segmenter
-from pipeline.verdict import ErrorInfo, ImageInfo, Instance, ModelInfo, Verdict
+from pipeline.verdict import Defect, ErrorInfo, ImageInfo, Instance, ModelInfo, Verdict
 
 
 @dataclass
@@ -116,6 +117,15 @@ def inspect_image(
             for index, res in enumerate(results):
                 det = detections[index] if detections else None
                 box = det.box if det else (0.0, 0.0, float(width), float(height))
+                defects = grade(
+                    crops[index],
+                    res.anomaly_map,
+                    threshold,
+                    model.reference,
+                    model.regions,
+                    min_area,
+                    model.config.levels,
+                )
                 instances.append(
                     Instance(
                         index=index,
@@ -127,7 +137,7 @@ def inspect_image(
                         threshold=threshold,
                         confidence=round(res.normalized, 6),
                         is_anomalous=res.is_anomalous,
-                        regions=find_regions(res.anomaly_map, threshold, min_area),
+                        **_worst(defects, model.config.levels),
                     )
                 )
                 _place(image_map, res.anomaly_map, det)
@@ -163,6 +173,8 @@ def inspect_pair(
         with clock.stage("score"):
             res = comparer.compare(rgb, template)
         with clock.stage("grade"):
+            aligned = res.template if res.template is not None else template
+            defects = grade(rgb, res.anomaly_map, threshold, aligned, region_map(aligned), min_area)
             instance = Instance(
                 index=0,
                 box=(0.0, 0.0, float(width), float(height)),
@@ -171,7 +183,7 @@ def inspect_pair(
                 threshold=threshold,
                 confidence=round(_sigmoid((res.score - threshold) / max(threshold, 1e-9)), 6),
                 is_anomalous=res.score > threshold,
-                regions=find_regions(res.anomaly_map, threshold, min_area),
+                **_worst(defects),
             )
         with clock.stage("render"):
             heatmap = heatmap_overlay(rgb, res.anomaly_map, threshold)
@@ -198,6 +210,14 @@ def _place(image_map: NDArray[np.float32], crop_map: NDArray[np.float32], det: D
         crop_map, matrix, (image_map.shape[1], image_map.shape[0]), flags=cv2.INTER_LINEAR, borderValue=0
     )
     np.maximum(image_map, placed, out=image_map)
+
+
+def _worst(defects: list[Defect], levels: tuple[float, float, float] | None = None) -> dict[str, object]:
+    """An instance's defects with its severity and level: those of its worst defect."""
+    if not defects:
+        return {"defects": [], "severity": 0.0, "level": "none"}
+    worst = max(d.severity for d in defects)
+    return {"defects": defects, "severity": worst, "level": level_of(worst, *([levels] if levels else []))}
 
 
 def _str(value: object) -> str | None:

@@ -98,6 +98,8 @@ class ModelConfig:
     feature_scale: float = 0.25
     # fusion (pipeline.fusion): how the members' normalised maps combine
     fusion: str = "lead"
+    # grading (pipeline.grade): severity from which a defect is major, and critical
+    levels: tuple[float, float, float] = (0.0, 40.0, 70.0)
     fusion_margin: float = 3.0
 
     def __post_init__(self) -> None:
@@ -410,6 +412,8 @@ class AnomalyModel:
         raw = dict(doc["config"])
         raw["layers"] = tuple(raw["layers"])
         raw["tta_views"] = tuple(raw["tta_views"])
+        if "levels" in raw:
+            raw["levels"] = tuple(raw["levels"])
         try:
             config = ModelConfig(**raw)
         except (TypeError, DefectscanError) as exc:

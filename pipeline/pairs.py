@@ -39,6 +39,7 @@ class PairResult:
     aligned: bool
     shift: tuple[float, float]
     angle: float
+    template: NDArray[np.uint8] | None = field(default=None, repr=False)  # aligned onto the image
 
 
 def align(image: NDArray[np.uint8], template: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], bool, NDArray]:
@@ -125,5 +126,10 @@ class PairComparer:
         full = cv2.resize(amap, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
         angle = float(np.degrees(np.arctan2(warp[1, 0], warp[0, 0])))
         return PairResult(
-            float(full.max()), full.astype(np.float32), aligned, (float(warp[0, 2]), float(warp[1, 2])), angle
+            float(full.max()),
+            full.astype(np.float32),
+            aligned,
+            (float(warp[0, 2]), float(warp[1, 2])),
+            angle,
+            warped,
         )

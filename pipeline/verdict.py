@@ -29,14 +29,20 @@ class ModelInfo(BaseModel):
     method: str
 
 
-class Region(BaseModel):
-    """A connected region of the instance's anomaly map above the threshold (crop pixels)."""
+class Defect(BaseModel):
+    """A connected region of the instance's anomaly map above the threshold (crop pixels), graded."""
 
+    type: Literal["blurry_text", "structural", "color_scratch", "other"]
+    level: Literal["minor", "major", "critical"]
+    severity: float = Field(description="0-100; see pipeline/grade.py for the formula")
     box: tuple[int, int, int, int] = Field(description="x, y, w, h in the crop")
     area_px: int
     area_pct: float = Field(description="area in % of the crop")
     peak: float = Field(description="highest anomaly score in the region")
     mean: float = Field(description="mean anomaly score in the region")
+    evidence: dict[str, float] = Field(
+        {}, description="sharpness_ratio, structure_iou, delta_e (CIEDE2000), elongation"
+    )
 
 
 class Instance(BaseModel):
@@ -49,7 +55,9 @@ class Instance(BaseModel):
     threshold: float
     confidence: float = Field(description="sigmoid((score - threshold) / ok_std); 0.5 at the threshold")
     is_anomalous: bool
-    regions: list[Region] = []
+    severity: float = Field(0.0, description="the worst defect's severity, 0 without defects")
+    level: Literal["none", "minor", "major", "critical"] = "none"
+    defects: list[Defect] = []
     heatmap: str | None = Field(None, description="the crop's own heatmap, a key relative to the outputs")
 
 

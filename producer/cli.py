@@ -394,7 +394,8 @@ def inspect(
         summary = run_inspection(items, run, info, storage, save_maps, report)
     click.echo(
         f"inspected {summary.images} images: {json.dumps(summary.verdicts)}; {summary.instances} instances, "
-        f"{summary.anomalous_instances} anomalous, {summary.regions} regions; results in {out}"
+        f"{summary.anomalous_instances} anomalous, {summary.defects} defects {json.dumps(summary.types)}; "
+        f"results in {out}"
     )
     if summary.failures:
         sys.exit(1)

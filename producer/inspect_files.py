@@ -41,7 +41,9 @@ class Summary(BaseModel):
     verdicts: dict[str, int] = {}
     instances: int = 0
     anomalous_instances: int = 0
-    regions: int = 0
+    defects: int = 0
+    types: dict[str, int] = {}
+    levels: dict[str, int] = {}
     failures: list[Failure] = []
     timings_ms: dict[str, float] = {}
 
@@ -78,6 +80,8 @@ def run_inspection(
     """Inspect ``(key, path)`` items; write each result, then the summary."""
     summary = Summary()
     counts: Counter[str] = Counter()
+    types: Counter[str] = Counter()
+    levels: Counter[str] = Counter()
     timings: Counter[str] = Counter()
     for key, path in items:
         try:
@@ -97,12 +101,16 @@ def run_inspection(
         summary.images += 1
         summary.instances += len(verdict.instances)
         summary.anomalous_instances += sum(i.is_anomalous for i in verdict.instances)
-        summary.regions += sum(len(i.regions) for i in verdict.instances)
+        for instance in verdict.instances:
+            summary.defects += len(instance.defects)
+            types.update(d.type for d in instance.defects)
+            levels[instance.level] += 1
         if verdict.error is not None:
             summary.failures.append(Failure(key=key, **verdict.error.model_dump()))
         if on_image is not None:
             on_image(key, verdict)
     summary.verdicts = dict(counts)
+    summary.types, summary.levels = dict(types), dict(levels)
     summary.timings_ms = {k: round(v, 2) for k, v in timings.items()}
     out.put("summary.json", summary.to_json())
     return summary

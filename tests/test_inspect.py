@@ -94,6 +94,6 @@ def test_inspect_pairs_flags_each_defect_against_its_own_template(pairs_dir: Pat
     for i in range(4):
         verdict = Verdict.model_validate_json((out / f"test/mixed/{i:03d}_test.png.json").read_bytes())
         assert verdict.template == f"test/good/{i:03d}_temp.png"
-        assert verdict.verdict == "defect" and verdict.instances[0].regions
+        assert verdict.verdict == "defect" and verdict.instances[0].defects
     summary = json.loads((out / "summary.json").read_text())
     assert summary["verdicts"] == {"defect": 4}

@@ -124,6 +124,7 @@ def test_save_and_load_give_identical_scores(
         "model.json",
         "model.safetensors",
         "reference.png",
+        "regions.png",
     }
 
     def no_pickle(*args: object, **kwargs: object) -> None:

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import warnings
+from itertools import islice
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,7 +26,7 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from pipeline.grade import grade  # noqa: E402
 from pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
-from pipeline.synth import DEFECT_TYPES, generate_sheet  # noqa: E402
+from pipeline.synth import DEFECT_TYPES, instance_crops  # noqa: E402
 
 EXPECTED = {
     "blurry_text": "blurry_text",
@@ -35,28 +36,10 @@ EXPECTED = {
 }
 
 
-def ok_crops(count: int, seed: int) -> list[np.ndarray]:
-    out: list[np.ndarray] = []
-    index = 0
-    while len(out) < count:
-        sheet = generate_sheet(seed, index, 0.0)
-        out.extend(sheet.crop(i) for i in sheet.instances)
-        index += 1
-    return out[:count]
-
-
 def defect_crops(kind: str, count: int, seed: int) -> tuple[list[np.ndarray], list[float]]:
-    crops: list[np.ndarray] = []
-    strengths: list[float] = []
-    index = 0
-    while len(crops) < count:
-        sheet = generate_sheet(seed, index, 1.0, defect_types=(kind,))
-        for instance in sheet.instances:
-            if instance.defect is not None and len(crops) < count:
-                crops.append(sheet.crop(instance))
-                strengths.append(instance.defect.strength)
-        index += 1
-    return crops, strengths
+    found = ((c, i.defect) for c, i in instance_crops(seed, 1.0, (kind,)) if i.defect is not None)
+    pairs = list(islice(found, count))
+    return [c for c, _ in pairs], [d.strength for _, d in pairs]
 
 
 def main() -> None:
@@ -67,7 +50,7 @@ def main() -> None:
     parser.add_argument("--per-type", type=int, default=30)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    model = AnomalyModel.fit(ok_crops(args.train, 1), ModelConfig())
+    model = AnomalyModel.fit([c for c, _ in islice(instance_crops(1), args.train)], ModelConfig())
     report: dict[str, object] = {}
     all_sev: list[float] = []
     all_str: list[float] = []

@@ -25,6 +25,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,17 +36,11 @@ import torch  # noqa: E402
 
 from pipeline.images import encode_png  # noqa: E402
 from pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
-from pipeline.synth import generate_sheet  # noqa: E402
+from pipeline.synth import instance_crops  # noqa: E402
 
 
 def crops(count: int, seed: int, defect_rate: float) -> list[np.ndarray]:
-    out: list[np.ndarray] = []
-    index = 0
-    while len(out) < count:
-        sheet = generate_sheet(seed, index, defect_rate)
-        out.extend(sheet.crop(i) for i in sheet.instances)
-        index += 1
-    return out[:count]
+    return [crop for crop, _ in islice(instance_crops(seed, defect_rate), count)]
 
 
 def timed(fn: Callable[[], object], repeats: int = 3) -> float:

@@ -20,13 +20,14 @@ The map comes back at the image's own resolution; the score is its maximum.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from pipeline.backbone import load_weights, normalization
+from pipeline.backbone import LITE2, load_weights, normalization
 from pipeline.errors import InvalidArgumentError
 from pipeline.images import to_gray
 from pipeline.variation import VARIATION_LAYERS, VariationNet
@@ -76,40 +77,26 @@ class PairComparer:
     def __init__(
         self,
         image_size: int = 512,
-        backbone: str = "tf_efficientnet_lite2",
+        backbone: str = LITE2,
         backbone_weights: str | None = None,
-        tolerance_abs: float = 0.06,
-        search_px: int = 2,
-        map_sigma: float = 0.0,
-        feature_floor: float = 0.05,
-        feature_scale: float = 0.25,
+        **options: Any,
     ) -> None:
+        """``options`` are :class:`VariationNet`'s tolerances and sizes (its defaults otherwise); one
+        template has no spread, so the relative tolerance is 0."""
         if not 32 <= image_size <= 2048 or image_size % 32:
             raise InvalidArgumentError("--image-size", "must be a multiple of 32 from 32 to 2048")
         self.image_size = image_size
         mean, std = normalization(backbone)
-        self._mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self._std = torch.tensor(std).view(1, 3, 1, 1)
-        self.net = VariationNet(
-            backbone,
-            VARIATION_LAYERS[0],
-            image_size,
-            mean,
-            std,
-            tolerance_abs=tolerance_abs,
-            tolerance_rel=0.0,
-            search_px=search_px,
-            map_sigma=map_sigma,
-            feature_floor=feature_floor,
-            feature_scale=feature_scale,
-        ).eval()
+        net = VariationNet(
+            backbone, VARIATION_LAYERS[0], image_size, mean, std, **{**options, "tolerance_rel": 0.0}
+        )
+        self.net = net.eval()
         load_weights(self.net.feature_extractor.feature_extractor, backbone, backbone_weights)
 
     def _tensor(self, images: list[NDArray[np.uint8]]) -> torch.Tensor:
         size = (self.image_size, self.image_size)
         resized = [cv2.resize(img, size, interpolation=cv2.INTER_AREA) for img in images]
-        unit = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float() / 255.0
-        return (unit - self._mean) / self._std
+        return self.net.to_input(torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float() / 255.0)
 
     @torch.no_grad()
     def compare(self, image: NDArray[np.uint8], template: NDArray[np.uint8]) -> PairResult:

@@ -20,6 +20,7 @@ others were generated beside it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -359,3 +360,16 @@ def _photograph(canvas: np.ndarray, spec: SheetSpec, rng: np.random.Generator) -
     blurred = np.asarray(cv2.GaussianBlur(lit, (0, 0), rng.uniform(*spec.blur_sigma)), np.float32)
     blurred += rng.standard_normal(blurred.shape, dtype=np.float32) * np.float32(spec.noise_sigma)
     return np.clip(np.rint(blurred), 0, 255).astype(np.uint8)
+
+
+def instance_crops(
+    seed: int, defect_rate: float = 0.0, defect_types: tuple[str, ...] = DEFECT_TYPES
+) -> Iterator[tuple[NDArray[np.uint8], SheetInstance]]:
+    """The aligned crop and truth of every instance of sheets 0, 1, 2, ... of series ``seed``, endlessly
+    (take what you need with ``itertools.islice``)."""
+    index = 0
+    while True:
+        sheet = generate_sheet(seed, index, defect_rate, defect_types=defect_types)
+        for instance in sheet.instances:
+            yield sheet.crop(instance), instance
+        index += 1

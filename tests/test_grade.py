@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import islice
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -10,30 +12,25 @@ from hypothesis import strategies as st
 from pipeline.grade import _severity, delta_e2000, grade, level_of
 from pipeline.model import AnomalyModel, ModelConfig
 from pipeline.regions import region_map
-from pipeline.synth import generate_sheet, reference_template
+from pipeline.synth import instance_crops, reference_template
 
 EXPECTED = {"blurry_text": "blurry_text", "structural": "structural", "color": "color_scratch"}
 
 
-def _crops(seed: int, rate: float, count: int, kinds: tuple[str, ...] = ("color",)) -> list:
-    out: list = []
-    index = 0
-    while len(out) < count:
-        sheet = generate_sheet(seed, index, rate, defect_types=kinds)
-        out.extend((sheet.crop(i), i.defect) for i in sheet.instances if (i.defect is not None) == (rate > 0))
-        index += 1
-    return out[:count]
+def _crops(seed: int, rate: float, count: int, kinds: tuple[str, ...] = ("color",)) -> list[np.ndarray]:
+    """Defect-free crops (``rate`` 0) or defective ones of ``kinds``."""
+    wanted = (c for c, i in instance_crops(seed, rate, kinds) if (i.defect is not None) == (rate > 0))
+    return list(islice(wanted, count))
 
 
 @pytest.fixture(scope="module")
 def model() -> AnomalyModel:
-    return AnomalyModel.fit([c for c, _ in _crops(1, 0.0, 48)], ModelConfig(coreset_ratio=0.05))
+    return AnomalyModel.fit(_crops(1, 0.0, 48), ModelConfig(coreset_ratio=0.05))
 
 
 @pytest.mark.parametrize("kind", sorted(EXPECTED))
 def test_synthetic_defects_get_their_type(model: AnomalyModel, kind: str) -> None:
-    crops = _crops(11, 1.0, 4, (kind,))
-    images = [c for c, _ in crops]
+    images = _crops(11, 1.0, 4, (kind,))
     for crop, res in zip(images, model.score(images), strict=True):
         defects = grade(crop, res.anomaly_map, model.calibration.threshold, model.reference, model.regions)
         assert defects, "the defect was not found"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 from pipeline.errors import InvalidArgumentError
 from pipeline.model import AnomalyModel, ModelConfig
 from pipeline.pairs import PairComparer, align
-from pipeline.synth import generate_sheet, reference_template, render_instance
+from pipeline.synth import instance_crops, reference_template, render_instance
 from pipeline.variation import normal_variants
 from producer.cli import cli
 from producer.datasets import read_pairs
@@ -27,13 +28,7 @@ TINT = (-30, 0, 60)
 
 def _sheet_crops(count: int, seed: int) -> list[np.ndarray]:
     """Aligned crops of defect-free sheets: jitter, illumination gradient, blur and noise included."""
-    out: list[np.ndarray] = []
-    index = 0
-    while len(out) < count:
-        sheet = generate_sheet(seed, index, 0.0)
-        out.extend(sheet.crop(instance) for instance in sheet.instances)
-        index += 1
-    return out[:count]
+    return [crop for crop, _ in islice(instance_crops(seed), count)]
 
 
 def _tint(crop: np.ndarray, x: int, y: int, size: int = 3) -> np.ndarray:

@@ -67,6 +67,20 @@ def grade(
     levels: tuple[float, float, float] = DEFAULT_LEVELS,
 ) -> list[Defect]:
     """Every anomalous region of one crop as a graded defect (see the module docstring)."""
+    graded = grade_regions(crop, anomaly_map, threshold, reference, regions, min_area, levels)
+    return [defect for defect, _ in graded]
+
+
+def grade_regions(
+    crop: NDArray[np.uint8],
+    anomaly_map: NDArray[np.float32],
+    threshold: float,
+    reference: NDArray[np.uint8] | None,
+    regions: RegionMap | None,
+    min_area: int = 16,
+    levels: tuple[float, float, float] = DEFAULT_LEVELS,
+) -> list[tuple[Defect, NDArray[np.bool_]]]:
+    """:func:`grade`, each defect with its region's mask (crop pixels)."""
     if reference is not None and reference.shape[:2] != crop.shape[:2]:
         reference = np.asarray(
             cv2.resize(reference, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_AREA)
@@ -86,19 +100,18 @@ def grade(
             evidence.update(_evidence(crop[y0:y1, x0:x1], reference[y0:y1, x0:x1], mask[y0:y1, x0:x1]))
         peak = float(values.max())
         score = _severity(kind, area_pct, peak / max(threshold, 1e-9), evidence)
-        out.append(
-            Defect(
-                type=kind,
-                level=level_of(score, levels),
-                severity=round(score, 2),
-                box=(x0, y0, x1 - x0, y1 - y0),
-                area_px=area,
-                area_pct=round(area_pct, 4),
-                peak=round(peak, 6),
-                mean=round(float(values.mean()), 6),
-                evidence=evidence,
-            )
+        defect = Defect(
+            type=kind,
+            level=level_of(score, levels),
+            severity=round(score, 2),
+            box=(x0, y0, x1 - x0, y1 - y0),
+            area_px=area,
+            area_pct=round(area_pct, 4),
+            peak=round(peak, 6),
+            mean=round(float(values.mean()), 6),
+            evidence=evidence,
         )
+        out.append((defect, mask))
     return out
 
 

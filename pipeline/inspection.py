@@ -25,14 +25,15 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline.defect_mask import type_mask
 from pipeline.errors import DefectscanError, NoMatchError
 from pipeline.geometry import placement_matrix
-from pipeline.grade import grade, level_of
+from pipeline.grade import grade_regions, level_of
 from pipeline.images import DEFAULT_MAX_PIXELS, decode_image
 from pipeline.model import AnomalyModel
 from pipeline.pairs import PairComparer
 from pipeline.regions import region_map
-from pipeline.render import heatmap_overlay
+from pipeline.render import heatmap_overlay, label_defects
 from pipeline.segment import Detection, Segmenter
 from pipeline.verdict import Defect, ErrorInfo, ImageInfo, Instance, ModelInfo, Verdict
 
@@ -43,6 +44,7 @@ class Inspection:
     anomaly_map: NDArray[np.float32] | None = field(default=None, repr=False)
     heatmap: NDArray[np.uint8] | None = field(default=None, repr=False)
     crop_heatmaps: list[NDArray[np.uint8]] = field(default_factory=list, repr=False)
+    type_mask: NDArray[np.uint8] | None = field(default=None, repr=False)
 
 
 class _Clock:
@@ -113,11 +115,14 @@ def inspect_image(
             results = model.score(crops)
         threshold = model.calibration.threshold
         instances, image_map = [], np.zeros((height, width), np.float32)
+        labels = np.zeros((height, width), np.uint8)
+        crop_labels: list[list[tuple[tuple[float, float], str]]] = []
+        image_labels: list[tuple[tuple[float, float], str]] = []
         with clock.stage("grade"):
             for index, res in enumerate(results):
                 det = detections[index] if detections else None
                 box = det.box if det else (0.0, 0.0, float(width), float(height))
-                defects = grade(
+                graded = grade_regions(
                     crops[index],
                     res.anomaly_map,
                     threshold,
@@ -126,6 +131,7 @@ def inspect_image(
                     min_area,
                     model.config.levels,
                 )
+                defects = [d for d, _ in graded]
                 instances.append(
                     Instance(
                         index=index,
@@ -140,17 +146,22 @@ def inspect_image(
                         **_worst(defects, model.config.levels),
                     )
                 )
-                _place(image_map, res.anomaly_map, det)
+                matrix = _placement(det, res.anomaly_map.shape)
+                _place(image_map, res.anomaly_map, matrix)
+                _place(labels, type_mask(res.anomaly_map.shape, graded), matrix)
+                crop_labels.append([(_corner(d.box), _caption(d)) for d in defects])
+                image_labels += [(_corner(d.box, matrix), _caption(d)) for d in defects]
         with clock.stage("render"):
-            heatmap = heatmap_overlay(rgb, image_map, threshold)
+            heatmap = label_defects(heatmap_overlay(rgb, image_map, threshold), image_labels)
             per_crop = [
-                heatmap_overlay(c, r.anomaly_map, threshold) for c, r in zip(crops, results, strict=True)
+                label_defects(heatmap_overlay(c, r.anomaly_map, threshold), marks)
+                for c, r, marks in zip(crops, results, crop_labels, strict=True)
             ]
         anomalous = any(i.is_anomalous for i in instances)
         verdict = Verdict(
             image=ImageInfo(key=key), model=info, verdict="defect" if anomalous else "ok", instances=instances
         )
-        return Inspection(verdict, image_map, heatmap, per_crop if detections else [])
+        return Inspection(verdict, image_map, heatmap, per_crop if detections else [], labels)
 
     return _guarded(data, key, info, max_pixels, body)
 
@@ -174,7 +185,8 @@ def inspect_pair(
             res = comparer.compare(rgb, template)
         with clock.stage("grade"):
             aligned = res.template if res.template is not None else template
-            defects = grade(rgb, res.anomaly_map, threshold, aligned, region_map(aligned), min_area)
+            graded = grade_regions(rgb, res.anomaly_map, threshold, aligned, region_map(aligned), min_area)
+            defects = [d for d, _ in graded]
             instance = Instance(
                 index=0,
                 box=(0.0, 0.0, float(width), float(height)),
@@ -186,7 +198,8 @@ def inspect_pair(
                 **_worst(defects),
             )
         with clock.stage("render"):
-            heatmap = heatmap_overlay(rgb, res.anomaly_map, threshold)
+            overlay = heatmap_overlay(rgb, res.anomaly_map, threshold)
+            heatmap = label_defects(overlay, [(_corner(d.box), _caption(d)) for d in defects])
         verdict = Verdict(
             image=ImageInfo(key=key),
             model=info,
@@ -194,22 +207,44 @@ def inspect_pair(
             template=template_key,
             instances=[instance],
         )
-        return Inspection(verdict, res.anomaly_map, heatmap)
+        labels = type_mask((height, width), graded)
+        return Inspection(verdict, res.anomaly_map, heatmap, type_mask=labels)
 
     return _guarded(data, key, info, max_pixels, body)
 
 
-def _place(image_map: NDArray[np.float32], crop_map: NDArray[np.float32], det: Detection | None) -> None:
-    """Put a crop's map back where the crop came from (max where instances overlap)."""
-    if det is None:
-        np.maximum(image_map, crop_map, out=image_map)
+def _placement(det: Detection | None, shape: tuple[int, int]) -> NDArray[np.float64] | None:
+    """The crop-to-image matrix of an instance (``None`` for a whole-image instance)."""
+    return None if det is None else placement_matrix(det.pose, shape[1], shape[0])
+
+
+def _place(
+    image_array: NDArray[np.uint8 | np.float32],
+    crop_array: NDArray[np.uint8 | np.float32],
+    matrix: NDArray[np.float64] | None,
+) -> None:
+    """Put a crop's map (or label mask) back where the crop came from (max where instances overlap)."""
+    if matrix is None:
+        np.maximum(image_array, crop_array, out=image_array)
         return
-    h, w = crop_map.shape
-    matrix = placement_matrix(det.pose, w, h)
-    placed = cv2.warpAffine(
-        crop_map, matrix, (image_map.shape[1], image_map.shape[0]), flags=cv2.INTER_LINEAR, borderValue=0
-    )
-    np.maximum(image_map, placed, out=image_map)
+    flags = cv2.INTER_NEAREST if crop_array.dtype == np.uint8 else cv2.INTER_LINEAR
+    size = (image_array.shape[1], image_array.shape[0])
+    placed = cv2.warpAffine(crop_array, matrix, size, flags=flags, borderValue=0)
+    np.maximum(image_array, placed, out=image_array)
+
+
+def _corner(box: tuple[int, int, int, int], matrix: NDArray[np.float64] | None = None) -> tuple[float, float]:
+    """The top-left corner of a crop box's footprint, in the image when ``matrix`` is given."""
+    x, y, w, h = box
+    if matrix is None:
+        return float(x), float(y)
+    corners = np.array([[x, y, 1], [x + w, y, 1], [x, y + h, 1], [x + w, y + h, 1]], np.float64)
+    placed = corners @ np.asarray(matrix, np.float64).T
+    return float(placed[:, 0].min()), float(placed[:, 1].min())
+
+
+def _caption(defect: Defect) -> str:
+    return f"{defect.type} {defect.level}"
 
 
 def _worst(defects: list[Defect], levels: tuple[float, float, float] | None = None) -> dict[str, object]:

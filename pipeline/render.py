@@ -3,10 +3,13 @@
 The overlay colours the map relative to the threshold: below 0.8 of the threshold the input shows
 through untouched; from there the colour fades in (fully blended at the threshold) and runs through
 the JET scale from blue at 0.8 of the threshold to red at 1.5 times it and above. Regions above the
-threshold are outlined in white.
+threshold are outlined in white. :func:`label_defects` writes a caption (type and level) at each defect's
+top-left corner, white on a dark box, sized to the picture.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -26,4 +29,32 @@ def heatmap_overlay(
     above = (anomaly_map > threshold).astype(np.uint8)
     contours, _ = cv2.findContours(above, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(out, contours, -1, (255, 255, 255), 1)
+    return out
+
+
+def label_defects(
+    image: NDArray[np.uint8], captions: Sequence[tuple[tuple[float, float], str]]
+) -> NDArray[np.uint8]:
+    """``image`` with each ``((x, y), text)`` caption drawn just above ``(x, y)`` (inside the picture)."""
+    if not captions:
+        return image
+    out = image.copy()
+    height, width = out.shape[:2]
+    scale = max(0.35, min(height, width) / 900)
+    thickness = max(1, round(scale * 1.5))
+    for (x, y), text in captions:
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        left = int(np.clip(x, 0, max(width - tw - 2, 0)))
+        top = int(np.clip(y - th - base - 2, 0, max(height - th - base - 2, 0)))
+        cv2.rectangle(out, (left, top), (left + tw + 2, top + th + base + 2), (20, 20, 20), -1)
+        cv2.putText(
+            out,
+            text,
+            (left + 1, top + th + 1),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            thickness,
+            cv2.LINE_AA,
+        )
     return out

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.lookout import DetectAnomalyResult
+
 SCHEMA = "defectscan.verdict/1"
 
 
@@ -78,9 +80,15 @@ class Verdict(BaseModel):
     outputs: dict[str, str] = Field({}, description="pictures written for this image, relative keys")
     timings_ms: dict[str, float] = {}
     error: ErrorInfo | None = None
+    lookout: DetectAnomalyResult | None = Field(
+        None,
+        alias="DetectAnomalyResult",
+        description="with --lookout-compat: Amazon Lookout for Vision's result fields (pipeline/lookout.py)",
+    )
 
     def to_json(self) -> bytes:
-        return (self.model_dump_json(by_alias=True, indent=2) + "\n").encode()
+        skip = {"lookout"} if self.lookout is None else None
+        return (self.model_dump_json(by_alias=True, indent=2, exclude=skip) + "\n").encode()
 
 
 def json_schema() -> str:

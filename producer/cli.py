@@ -28,7 +28,7 @@ from pipeline.segment import Segmenter, SegmentOptions, parse_range
 from pipeline.verdict import ModelInfo, Verdict
 from producer.datasets import ImageSet, mvtec_test_items, read_folder, read_pairs
 from producer.evaluation import print_metrics, run_evaluation, run_pair_evaluation
-from producer.inspect_files import run_inspection
+from producer.inspect_files import OutputOptions, run_inspection
 from producer.local_segment import SegmentationRecord, expand_inputs, segment_files
 from producer.synth_files import write_synthetic_set
 from worker.storage import LocalStorage, read_local
@@ -257,12 +257,13 @@ def train(
         val_defects=defects.images,
         names=ok.names,
     )
-    model.meta["timings_s"] = {"fit": round(time.perf_counter() - start, 2)}
+    fit_s = round(time.perf_counter() - start, 2)
+    model.meta["timings_s"] = {"fit": fit_s}
     model.save(out)
     cal = model.calibration
     click.echo(
         f"trained {method} on {len(ok.images)} OK images ({len(ok.skipped)} skipped) in "
-        f"{model.meta['timings_s']['fit']} s; threshold {cal.threshold:.4g} ({cal.rule}); "
+        f"{fit_s} s; threshold {cal.threshold:.4g} ({cal.rule}); "
         f"version {model.meta['version']}; saved to {out}"
     )
 
@@ -318,6 +319,11 @@ def evaluate(
     "--min-area", default=16, show_default=True, type=click.IntRange(1), help="Smallest region, px."
 )
 @click.option("--save-maps", is_flag=True, help="Also write <image>.map.npy (float32 anomaly map).")
+@click.option(
+    "--lookout-compat",
+    is_flag=True,
+    help="Add Lookout for Vision's DetectAnomalyResult: IsAnomalous, Confidence, Anomalies, AnomalyMask.",
+)
 @click.option("--image-size", default=512, show_default=True, type=int, help="With --pairs: compare size.")
 @click.option("--threshold", default=1.0, show_default=True, type=float, help="With --pairs: map threshold.")
 @segment_options
@@ -330,6 +336,7 @@ def inspect(
     product: str | None,
     min_area: int,
     save_maps: bool,
+    lookout_compat: bool,
     image_size: int,
     threshold: float,
     max_instances: int,
@@ -391,7 +398,8 @@ def inspect(
             if verdict.error is not None:
                 print_error(f"{key}: {verdict.error.message}", verdict.error.code)
 
-        summary = run_inspection(items, run, info, storage, save_maps, report)
+        options = OutputOptions(save_maps=save_maps, lookout_compat=lookout_compat)
+        summary = run_inspection(items, run, info, storage, options, report)
     click.echo(
         f"inspected {summary.images} images: {json.dumps(summary.verdicts)}; {summary.instances} instances, "
         f"{summary.anomalous_instances} anomalous, {summary.defects} defects {json.dumps(summary.types)}; "

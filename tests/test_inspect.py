@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.images import encode_png
+from pipeline.images import decode_image, encode_png
 from pipeline.inspection import inspect_image
 from pipeline.model import AnomalyModel, ModelConfig
 from pipeline.segment import Segmenter, SegmentOptions
@@ -44,12 +45,17 @@ def test_an_instance_map_lands_where_the_instance_lies(
         x, y, w, h = (int(v) for v in instance.box)
         window = result.anomaly_map[max(y, 0) : y + h, max(x, 0) : x + w]
         assert window.max() == pytest.approx(instance.score, rel=0.02)
-    inside = np.zeros(sheet.image.shape[:2], bool)
-    for instance in verdict.instances:  # boxes are the instances' outer pixel edges; 2 px for rounding
+    assert result.anomaly_map[~_inside(verdict, sheet.image.shape[:2])].max() == 0.0
+    assert set(verdict.timings_ms) == {"decode", "segment", "score", "grade", "render"}
+
+
+def _inside(verdict: Verdict, shape: tuple[int, ...]) -> np.ndarray:
+    """Pixels within the instances' boxes (their outer pixel edges; 2 px more for rounding)."""
+    inside = np.zeros(shape, bool)
+    for instance in verdict.instances:
         x, y, w, h = instance.box
         inside[max(int(y) - 2, 0) : int(y + h) + 3, max(int(x) - 2, 0) : int(x + w) + 3] = True
-    assert result.anomaly_map[~inside].max() == 0.0
-    assert set(verdict.timings_ms) == {"decode", "segment", "score", "grade", "render"}
+    return inside
 
 
 def test_inspect_writes_verdicts_mirroring_the_inputs(
@@ -72,6 +78,11 @@ def test_inspect_writes_verdicts_mirroring_the_inputs(
     assert (out / good.outputs["heatmap"]).is_file()
     crop_heatmaps = [out / i.heatmap for i in good.instances if i.heatmap]
     assert len(crop_heatmaps) == 8 and all(p.is_file() for p in crop_heatmaps)
+    mask = decode_image((out / good.outputs["mask"]).read_bytes(), "mask")
+    assert mask.shape == sheets[1].image.shape
+    marked = mask.any(axis=2)
+    assert marked.any() == any(i.defects for i in good.instances)
+    assert not marked[~_inside(good, mask.shape[:2])].any()  # defects lie on their instances
     saved = np.load(out / good.outputs["map"], allow_pickle=False)
     assert saved.dtype == np.float32 and saved.shape == sheets[1].image.shape[:2]
     assert saved.max() == pytest.approx(max(i.score for i in good.instances), rel=0.02)
@@ -97,3 +108,30 @@ def test_inspect_pairs_flags_each_defect_against_its_own_template(pairs_dir: Pat
         assert verdict.verdict == "defect" and verdict.instances[0].defects
     summary = json.loads((out / "summary.json").read_text())
     assert summary["verdicts"] == {"defect": 4}
+
+
+def test_lookout_compat_adds_lookouts_fields_consistent_with_the_mask(
+    pairs_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = ["inspect", "--pairs", str(pairs_dir / "pairs.csv"), "--image-size", "256", "--out", str(out)]
+    assert CliRunner().invoke(cli, [*args, "--lookout-compat"]).exit_code == 0
+    for i in range(4):
+        raw = json.loads((out / f"test/mixed/{i:03d}_test.png.json").read_text())
+        result = raw["DetectAnomalyResult"]
+        assert result["Source"] == {"Type": "direct"}
+        assert result["IsAnomalous"] is True and 0.5 <= result["Confidence"] <= 1.0
+        names = [a["Name"] for a in result["Anomalies"]]
+        assert names[0] == "background" and len(names) > 1 and all(n.isalnum() for n in names)
+        types = {d["type"].replace("_", "") for d in raw["instances"][0]["defects"]}
+        assert set(names[1:]) == types
+        png = base64.b64decode(result["AnomalyMask"])
+        assert png == (out / raw["outputs"]["mask"]).read_bytes()
+        mask = decode_image(png, "mask")
+        for anomaly in result["Anomalies"]:  # every colour covers the area it claims
+            colour = np.frombuffer(bytes.fromhex(anomaly["PixelAnomaly"]["Color"][1:]), np.uint8)
+            share = 100 * np.all(mask == colour, axis=2).mean()
+            assert share == pytest.approx(anomaly["PixelAnomaly"]["TotalPercentageArea"], abs=1e-3)
+    plain = tmp_path / "plain"
+    assert CliRunner().invoke(cli, [*args[:-1], str(plain)]).exit_code == 0
+    assert "DetectAnomalyResult" not in json.loads((plain / "test/mixed/000_test.png.json").read_text())

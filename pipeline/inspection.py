@@ -117,7 +117,7 @@ def inspect_image(
         instances, image_map = [], np.zeros((height, width), np.float32)
         labels = np.zeros((height, width), np.uint8)
         crop_labels: list[list[tuple[tuple[float, float], str]]] = []
-        image_labels: list[tuple[tuple[float, float], str]] = []
+        image_labels: list[tuple[float, tuple[float, float], str]] = []
         with clock.stage("grade"):
             for index, res in enumerate(results):
                 det = detections[index] if detections else None
@@ -149,10 +149,12 @@ def inspect_image(
                 matrix = _placement(det, res.anomaly_map.shape)
                 _place(image_map, res.anomaly_map, matrix)
                 _place(labels, type_mask(res.anomaly_map.shape, graded), matrix)
-                crop_labels.append([(_corner(d.box), _caption(d)) for d in defects])
-                image_labels += [(_corner(d.box, matrix), _caption(d)) for d in defects]
+                crop_labels.append(_captions(defects))
+                image_labels += [(d.severity, _corner(d.box, matrix), _caption(d)) for d in defects]
         with clock.stage("render"):
-            heatmap = label_defects(heatmap_overlay(rgb, image_map, threshold), image_labels)
+            image_labels.sort(key=lambda label: -label[0])  # the worst defects get their places first
+            overlay = heatmap_overlay(rgb, image_map, threshold)
+            heatmap = label_defects(overlay, [(corner, text) for _, corner, text in image_labels])
             per_crop = [
                 label_defects(heatmap_overlay(c, r.anomaly_map, threshold), marks)
                 for c, r, marks in zip(crops, results, crop_labels, strict=True)
@@ -199,7 +201,7 @@ def inspect_pair(
             )
         with clock.stage("render"):
             overlay = heatmap_overlay(rgb, res.anomaly_map, threshold)
-            heatmap = label_defects(overlay, [(_corner(d.box), _caption(d)) for d in defects])
+            heatmap = label_defects(overlay, _captions(defects))
         verdict = Verdict(
             image=ImageInfo(key=key),
             model=info,
@@ -245,6 +247,11 @@ def _corner(box: tuple[int, int, int, int], matrix: NDArray[np.float64] | None =
 
 def _caption(defect: Defect) -> str:
     return f"{defect.type} {defect.level}"
+
+
+def _captions(defects: list[Defect]) -> list[tuple[tuple[float, float], str]]:
+    """Captions for a crop's own heatmap, the worst defect first."""
+    return [(_corner(d.box), _caption(d)) for d in sorted(defects, key=lambda d: -d.severity)]
 
 
 def _worst(defects: list[Defect], levels: tuple[float, float, float] | None = None) -> dict[str, object]:

@@ -4,7 +4,8 @@ The overlay colours the map relative to the threshold: below 0.8 of the threshol
 through untouched; from there the colour fades in (fully blended at the threshold) and runs through
 the JET scale from blue at 0.8 of the threshold to red at 1.5 times it and above. Regions above the
 threshold are outlined in white. :func:`label_defects` writes a caption (type and level) at each defect's
-top-left corner, white on a dark box, sized to the picture.
+top-left corner, white on a dark box, sized to the picture; a caption that would cover an earlier one
+moves down below it (callers pass the worst defects first).
 """
 
 from __future__ import annotations
@@ -42,11 +43,16 @@ def label_defects(
     height, width = out.shape[:2]
     scale = max(0.35, min(height, width) / 900)
     thickness = max(1, round(scale * 1.5))
+    placed: list[tuple[int, int, int, int]] = []
     for (x, y), text in captions:
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-        left = int(np.clip(x, 0, max(width - tw - 2, 0)))
-        top = int(np.clip(y - th - base - 2, 0, max(height - th - base - 2, 0)))
-        cv2.rectangle(out, (left, top), (left + tw + 2, top + th + base + 2), (20, 20, 20), -1)
+        box_w, box_h = tw + 2, th + base + 2
+        left = int(np.clip(x, 0, max(width - box_w, 0)))
+        top = int(np.clip(y - box_h, 0, max(height - box_h, 0)))
+        while any(_overlap((left, top, box_w, box_h), other) for other in placed) and top + box_h < height:
+            top = min(top + box_h + 1, height - box_h)  # below the caption it would hide
+        placed.append((left, top, box_w, box_h))
+        cv2.rectangle(out, (left, top), (left + box_w, top + box_h), (20, 20, 20), -1)
         cv2.putText(
             out,
             text,
@@ -58,3 +64,7 @@ def label_defects(
             cv2.LINE_AA,
         )
     return out
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]

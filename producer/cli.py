@@ -438,7 +438,7 @@ def demo(out: Path, sheets: int) -> None:
         if exc.code not in (0, None):
             err.print(f"some images failed; see {results / 'summary.json'}")
     click.echo((results / "summary.json").read_text().rstrip())
-    click.echo(f"verdicts and heatmaps: {results}/<sheet>.png.json, <sheet>.png.heatmap.png")
+    click.echo(f"verdicts and pictures: {results}/<sheet>.png.json, .heatmap.png, .mask.png")
     click.echo(f"model: {model_dir}   sample sheets: {data / 'sheets'}   ground truth: {data / 'truth'}")
 
 

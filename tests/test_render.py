@@ -26,6 +26,17 @@ def test_a_caption_at_the_edge_stays_in_the_picture() -> None:
     assert len(changed) > 50 and changed[:, 0].min() == 0  # pushed down into the picture, drawn whole
 
 
+def test_captions_at_one_corner_do_not_cover_each_other() -> None:
+    image = np.zeros((300, 400, 3), np.uint8)
+    first = [((50.0, 100.0), "structural critical")]
+    alone = label_defects(image, first)
+    both = label_defects(image, [*first, ((52.0, 98.0), "other minor")])
+    box = np.argwhere(np.any(alone != image, axis=2))
+    (y0, x0), (y1, x1) = box.min(axis=0), box.max(axis=0)
+    assert np.array_equal(both[y0 : y1 + 1, x0 : x1 + 1], alone[y0 : y1 + 1, x0 : x1 + 1])  # intact
+    assert np.argwhere(np.any(both != alone, axis=2))[:, 0].min() > y1  # the second went below
+
+
 def _defect(kind: str) -> Defect:
     return Defect(
         type=kind, level="minor", severity=10.0, box=(0, 0, 1, 1), area_px=1, area_pct=1.0, peak=1.0, mean=1.0

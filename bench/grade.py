@@ -56,7 +56,7 @@ def main() -> None:
     all_str: list[float] = []
     for kind in DEFECT_TYPES:
         crops, strengths = defect_crops(kind, args.per_type, 11)
-        severities, right, found = [], 0, []
+        severities, right, found, details = [], 0, [], []
         for crop, res in zip(crops, model.score(crops), strict=True):
             defects = grade(
                 crop, res.anomaly_map, model.calibration.threshold, model.reference, model.regions
@@ -65,12 +65,18 @@ def main() -> None:
             right += int(worst is not None and worst.type == EXPECTED[kind])
             found.append(worst.type if worst else "none")
             severities.append(worst.severity if worst else 0.0)
+            details.append(
+                worst.model_dump(include={"type", "severity", "area_pct", "peak", "evidence"})
+                if worst
+                else None
+            )
         rho = float(spearmanr(severities, strengths).statistic)
         report[kind] = {
             "crops": len(crops),
             "type_accuracy": right / len(crops),
             "severity_spearman": rho,
             "found": {t: found.count(t) for t in sorted(set(found))},
+            "crops_detail": [{"strength": s, "worst": d} for s, d in zip(strengths, details, strict=True)],
         }
         all_sev += severities
         all_str += strengths

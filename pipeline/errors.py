@@ -62,3 +62,15 @@ class NoMatchError(DefectscanError):
     """The template was not found in the image."""
 
     code = "no_match"
+
+
+class ModelNotFoundError(DefectscanError):
+    """No model directory, or not a defectscan model, at the given place."""
+
+    code = "model_not_found"
+
+
+class ModelFormatError(DefectscanError):
+    """A model directory whose files are unreadable or inconsistent."""
+
+    code = "bad_model"

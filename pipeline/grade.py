@@ -10,18 +10,22 @@ therefore weigh the classes *of the printed part* of the region (text, edge band
 
 1. ``other`` when less than 10 % of the region is on the print (a defect on the substrate);
 2. ``blurry_text`` when text is at least half of its printed part;
-3. ``color_scratch`` when it is elongated (the long side of its minimum-area rectangle at least 4 times
-   the short one): a scratch across the structure;
-4. ``structural`` when the structure-edge band is at least half of its printed part: a malformed
-   structure; ``color_scratch`` otherwise (it lies within the structure: a colour defect).
+3. ``structural`` when the structure-edge band is at least half of its printed part *and* the change is
+   one of shape, not colour: a malformed structure turns print into substrate or substrate into print,
+   so the changed pixels keep colours on the line through the reference's mean print and mean substrate
+   colours (blends included). When more than half of the changed pixels (RGB distance to the reference
+   over 25) lie more than 25 RGB units off that line (``foreign_colour``), a new colour came in: a
+   scratch or stain across the edges, ``color_scratch``;
+4. ``color_scratch`` otherwise: it lies within the structure.
 
 **Evidence** (in the verdict), against the reference image inside the region's box:
 ``sharpness_ratio`` (variance of the Laplacian, crop over reference; below 1 is blurrier),
 ``structure_iou`` (the crop's print, binarised at the reference's Otsu level, against the reference's
-structure mask), ``delta_e`` (mean CIEDE2000 colour difference over the region) and ``elongation``.
+structure mask), ``delta_e`` (mean CIEDE2000 colour difference over the region), ``foreign_colour`` (rule
+3) and ``elongation`` (of the region's minimum-area rectangle).
 
-**Severity** (0-100): ``100 * (1 - exp(-(a + e + v)))`` with the area term ``a = area_pct / 2``, the
-excess term ``e = 2 * (peak / threshold - 1)`` and the type's evidence term ``v``: ``1 -
+**Severity** (0-100): ``100 * (1 - exp(-(a + e + v)))`` with the area term ``a = area_pct / 10``, the
+excess term ``e = (peak / threshold - 1) / 2`` and the type's evidence term ``v``: ``1 -
 sharpness_ratio`` for blurry text, ``1 - structure_iou`` for structural defects, ``delta_e / 20`` for
 colour and scratches, 0 for ``other`` (each clipped at 0). Every term grows with a larger or stronger
 defect and the formula is increasing in each, so severity never drops as a defect grows (tested).
@@ -44,6 +48,7 @@ from pipeline.regions import EDGE, INTERIOR, TEXT, RegionMap
 from pipeline.verdict import Defect
 
 DEFAULT_LEVELS = (0.0, 40.0, 70.0)
+FOREIGN_RGB = 25.0  # RGB distance: a pixel that changed, and a colour off the print-substrate line
 
 
 def find_regions(
@@ -93,11 +98,12 @@ def grade_regions(
         values = anomaly_map[mask]
         area = int(mask.sum())
         area_pct = 100.0 * area / mask.size
-        elongation = _elongation(mask)
-        kind = _type(mask, regions, elongation)
-        evidence = {"elongation": round(elongation, 3)}
+        evidence = {"elongation": round(_elongation(mask), 3)}
         if reference is not None:
             evidence.update(_evidence(crop[y0:y1, x0:x1], reference[y0:y1, x0:x1], mask[y0:y1, x0:x1]))
+            if regions is not None:
+                evidence["foreign_colour"] = round(_foreign_share(crop, reference, regions, mask), 4)
+        kind = _type(mask, regions, evidence.get("foreign_colour", 0.0))
         peak = float(values.max())
         score = _severity(kind, area_pct, peak / max(threshold, 1e-9), evidence)
         defect = Defect(
@@ -123,7 +129,7 @@ def level_of(severity: float, levels: tuple[float, float, float] = DEFAULT_LEVEL
     return "minor"
 
 
-def _type(mask: NDArray[np.bool_], regions: RegionMap | None, elongation: float) -> str:
+def _type(mask: NDArray[np.bool_], regions: RegionMap | None, foreign: float) -> str:
     if regions is None:
         return "other"
     text, edge, interior = (regions.fraction(mask, c) for c in (TEXT, EDGE, INTERIOR))
@@ -132,9 +138,26 @@ def _type(mask: NDArray[np.bool_], regions: RegionMap | None, elongation: float)
         return "other"
     if text / on_print >= 0.5:
         return "blurry_text"
-    if elongation >= 4:
-        return "color_scratch"
-    return "structural" if edge / on_print >= 0.5 else "color_scratch"
+    return "structural" if edge / on_print >= 0.5 and foreign <= 0.5 else "color_scratch"
+
+
+def _foreign_share(
+    crop: NDArray[np.uint8], reference: NDArray[np.uint8], regions: RegionMap, mask: NDArray[np.bool_]
+) -> float:
+    """Share of the region's changed pixels whose colour is off the print-substrate line (rule 3)."""
+    ref = reference.reshape(-1, 3).astype(np.float32)
+    structure = regions.structure.reshape(-1)
+    if structure.all() or not structure.any():
+        return 0.0
+    print_rgb, substrate_rgb = ref[structure].mean(axis=0), ref[~structure].mean(axis=0)
+    pixels = crop[mask].astype(np.float32)
+    changed = np.linalg.norm(pixels - reference[mask].astype(np.float32), axis=1) > FOREIGN_RGB
+    if not changed.any():
+        return 0.0
+    direction = (print_rgb - substrate_rgb) / max(float(np.linalg.norm(print_rgb - substrate_rgb)), 1e-6)
+    offset = pixels[changed] - substrate_rgb
+    off_line = offset - np.outer(offset @ direction, direction)
+    return float((np.linalg.norm(off_line, axis=1) > FOREIGN_RGB).mean())
 
 
 def _elongation(mask: NDArray[np.bool_]) -> float:
@@ -164,8 +187,8 @@ def _evidence(
 
 
 def _severity(kind: str, area_pct: float, relative_peak: float, evidence: dict[str, float]) -> float:
-    area_term = max(area_pct, 0.0) / 2
-    excess = 2 * max(relative_peak - 1, 0.0)
+    area_term = max(area_pct, 0.0) / 10
+    excess = max(relative_peak - 1, 0.0) / 2
     if kind == "blurry_text":
         proof = 1 - evidence.get("sharpness_ratio", 1.0)
     elif kind == "structural":

@@ -48,7 +48,7 @@ from torch import nn
 
 from pipeline import fusion, networks, tta
 from pipeline.backbone import LITE2, normalization
-from pipeline.errors import DefectscanError, InvalidArgumentError
+from pipeline.errors import DefectscanError, InvalidArgumentError, ModelFormatError, ModelNotFoundError
 from pipeline.fusion import FusedNet
 from pipeline.images import decode_image, encode_png
 from pipeline.regions import RegionMap, from_png_rgb, region_map
@@ -57,18 +57,6 @@ from pipeline.variation import VariationNet, fit_variation, normal_variants
 SCHEMA = "defectscan.model/1"
 METHODS = ("patchcore", "padim", "stfpm", "variation", "patchcore+variation")
 AUGMENTS = ("hflip", "vflip", "rot180", "colorjitter")
-
-
-class ModelNotFoundError(DefectscanError):
-    """No model directory, or not a defectscan model, at the given place."""
-
-    code = "model_not_found"
-
-
-class ModelFormatError(DefectscanError):
-    """A model directory whose files are unreadable or inconsistent."""
-
-    code = "bad_model"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ Defective instances carry one of four defects, each with a ``strength`` in [0, 1
 and contrast, and a mask of exactly the pixels it changed:
 
 * ``blurry_text``: the text is Gaussian-blurred;
-* ``structural``: one sunburst ray is missing, broken (a gap) or bent (a kink);
+* ``structural``: one sunburst ray is missing (its outer part), broken (a gap) or bent (a kink);
 * ``color``: a blob inside the star takes another colour;
 * ``scratch``: a thin line crosses the print.
 
@@ -137,7 +137,9 @@ def _structure_coverage(broken_ray: int = -1, variant: str = "", strength: float
         if i != broken_ray:
             _line(cov, p0, p1, _STROKE)
             continue
-        if variant == "missing":
+        if variant == "missing":  # its outer part is gone, more of it the stronger the defect
+            kept = 0.6 - 0.55 * strength
+            _line(cov, p0, (p0[0] + (p1[0] - p0[0]) * kept, p0[1] + (p1[1] - p0[1]) * kept), _STROKE)
             continue
         if variant == "broken":
             gap = 10.0 + 25.0 * strength

@@ -9,45 +9,29 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipeline.backbone import LITE2
 from pipeline.errors import DefectscanError, InvalidArgumentError
-from pipeline.images import DEFAULT_MAX_PIXELS, decode_image, encode_png
+from pipeline.images import decode_image, encode_png
 from pipeline.inspection import Inspection, inspect_image, inspect_pair
 from pipeline.model import METHODS, AnomalyModel, ModelConfig
 from pipeline.pairs import PairComparer
-from pipeline.segment import Segmenter, SegmentOptions, parse_range
+from pipeline.segment import Segmenter
 from pipeline.verdict import ModelInfo, Verdict
+from producer.batch_cli import BATCH_COMMANDS
+from producer.console import err, print_error, progress_bar
 from producer.datasets import ImageSet, mvtec_test_items, read_folder, read_pairs
 from producer.evaluation import print_metrics, run_evaluation, run_pair_evaluation
-from producer.inspect_files import OutputOptions, run_inspection
+from producer.inspect_files import run_inspection
 from producer.local_segment import SegmentationRecord, expand_inputs, segment_files
+from producer.options import search_options, segment_options
 from producer.synth_files import write_synthetic_set
+from worker.results import OutputOptions
 from worker.storage import LocalStorage, read_local
-
-err = Console(stderr=True)
-
-
-@contextmanager
-def progress_bar(total: int, label: str) -> Iterator[Progress]:
-    """A rich progress bar on stderr; it draws only on a terminal."""
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
-        bar.add_task(label, total=total)
-        yield bar
-
-
-def print_error(message: str, code: str) -> None:
-    """One line on stderr: ``error <message> [<code>]``, never wrapped, never read as markup."""
-    err.print(f"[red]error[/red] {escape(message)} {escape(f'[{code}]')}", highlight=False, soft_wrap=True)
 
 
 def _parse_box(text: str) -> tuple[int, int, int, int]:
@@ -102,45 +86,10 @@ def template_cut(image: Path, box: str, out: Path) -> None:
     click.echo(f"wrote {w}x{h} template to {out}")
 
 
-def segment_options(fn: Callable[..., None]) -> Callable[..., None]:
-    """The template-search options shared by ``segment`` and ``inspect``."""
-    for option in reversed(
-        [
-            click.option("--max-instances", default=64, show_default=True, type=click.IntRange(1, 10_000)),
-            click.option(
-                "--min-score", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True)
-            ),
-            click.option(
-                "--angles",
-                default="-5:5:1",
-                show_default=True,
-                help="Degrees: start:stop:step, a list, or one.",
-            ),
-            click.option(
-                "--scales", default="1", show_default=True, help="Factors: start:stop:step, a list, or one."
-            ),
-            click.option(
-                "--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1)
-            ),
-            click.option(
-                "--pyramid/--no-pyramid", default=True, show_default=True, help="Coarse-to-fine search."
-            ),
-        ]
-    ):
-        fn = option(fn)
-    return fn
-
-
 def _segmenter(
     template_path: Path, angles: str, scales: str, min_score: float, max_instances: int, pyramid: bool
 ) -> Segmenter:
-    options = SegmentOptions(
-        angles=parse_range(angles, "--angles"),
-        scales=parse_range(scales, "--scales"),
-        min_score=min_score,
-        max_instances=max_instances,
-        pyramid=pyramid,
-    )
+    options = search_options(angles, scales, min_score, max_instances, pyramid)
     return Segmenter(decode_image(read_local(template_path), str(template_path)), options)
 
 
@@ -440,6 +389,10 @@ def demo(out: Path, sheets: int) -> None:
     click.echo((results / "summary.json").read_text().rstrip())
     click.echo(f"verdicts and pictures: {results}/<sheet>.png.json, .heatmap.png, .mask.png")
     click.echo(f"model: {model_dir}   sample sheets: {data / 'sheets'}   ground truth: {data / 'truth'}")
+
+
+for _command in BATCH_COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

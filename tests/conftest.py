@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 
 from pipeline.images import encode_png
 from pipeline.synth import Sheet, generate_sheet, reference_template, render_instance
+from worker.dev_s3 import DevS3
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -67,3 +70,22 @@ def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         rows.append(f"test/mixed/{i:03d}_test.png,test/good/{i:03d}_temp.png")
     (root / "pairs.csv").write_text("\n".join(rows) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def dev_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevS3]:
+    """One SeaweedFS ``weed mini`` for the session on 127.0.0.1, stopped by PID at the end."""
+    store = DevS3(tmp_path_factory.mktemp("weed"))
+    store.start()
+    try:
+        yield store
+    finally:
+        store.stop()
+
+
+@pytest.fixture
+def bucket(dev_s3: DevS3) -> str:
+    """A new, empty bucket of the session's store for one test."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    dev_s3.create_bucket(name)
+    return name

@@ -36,7 +36,13 @@ def test_synthetic_defects_get_their_type(model: AnomalyModel, kind: str) -> Non
         assert defects, "the defect was not found"
         worst = max(defects, key=lambda d: d.severity)
         assert worst.type == EXPECTED[kind]
-        assert set(worst.evidence) == {"elongation", "sharpness_ratio", "structure_iou", "delta_e"}
+        assert set(worst.evidence) == {
+            "elongation",
+            "sharpness_ratio",
+            "structure_iou",
+            "delta_e",
+            "foreign_colour",
+        }
 
 
 def test_severity_grows_with_size_and_strength() -> None:

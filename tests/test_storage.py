@@ -7,7 +7,18 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UnreadableError
-from worker.storage import BadKeyError, LocalStorage, read_local, safe_key
+from worker.dev_s3 import DevS3, free_ports
+from worker.storage import (
+    BadKeyError,
+    LocalStorage,
+    S3Settings,
+    S3Storage,
+    Storage,
+    StorageUnavailableError,
+    open_storage,
+    read_local,
+    safe_key,
+)
 
 
 @pytest.mark.parametrize(
@@ -36,3 +47,62 @@ def test_missing_file_is_unreadable_and_named(tmp_path: Path) -> None:
     with pytest.raises(UnreadableError) as info:
         read_local(tmp_path / "nope.png")
     assert info.value.code == "unreadable" and "nope.png" in str(info.value)
+
+
+def _fill(store: Storage) -> None:
+    for key in ("b/2.png", "a/1.png", "a/sub/3.png", "c.txt", "a/0.png"):
+        store.put(key, key.encode())
+
+
+def test_local_listing_is_sorted_recursive_and_skips_temp_files(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    _fill(store)
+    (tmp_path / "a" / ".x.png.123.part").write_bytes(b"half")
+    assert [o.key for o in store.objects()] == ["a/0.png", "a/1.png", "a/sub/3.png", "b/2.png", "c.txt"]
+    assert [o.key for o in store.objects("a")] == ["a/0.png", "a/1.png", "a/sub/3.png"]
+    assert store.folders() == ["a/", "b/"] and store.folders("a") == ["a/sub/"]
+    assert store.child("a").get("sub/3.png") == b"a/sub/3.png"
+
+
+def test_s3_storage_round_trips_lists_in_pages_and_keeps_keys_under_its_prefix(
+    dev_s3: DevS3, bucket: str
+) -> None:
+    assert dev_s3.credentials is not None
+    root = S3Storage(bucket, "", dev_s3.credentials.settings(), dev_s3.credentials.client(), page_size=2)
+    store = root.child("nightly/2026-11-29")
+    _fill(store)
+    assert store.get("a/sub/3.png") == b"a/sub/3.png" and store.exists("c.txt") and not store.exists("d.txt")
+    listed = list(store.objects())
+    assert [o.key for o in listed] == ["a/0.png", "a/1.png", "a/sub/3.png", "b/2.png", "c.txt"]
+    assert all(o.size == len(o.key) and len(o.etag) == 32 for o in listed)  # ETag: MD5 of a plain PUT
+    assert [o.key for o in store.objects("a")] == ["a/0.png", "a/1.png", "a/sub/3.png"]
+    assert store.folders() == ["a/", "b/"] and store.folders("a") == ["a/sub/"]
+    assert next(o.key for o in root.objects()) == "nightly/2026-11-29/a/0.png"
+    store.put("a/0.png", b"rewritten")
+    assert store.get("a/0.png") == b"rewritten"
+    for key in ("../escape.png", "a/../../b", "/abs"):
+        with pytest.raises(BadKeyError):
+            store.put(key, b"x")
+    with pytest.raises(UnreadableError) as info:
+        store.get("nope.png")
+    assert f"s3://{bucket}/nightly/2026-11-29/nope.png" in str(info.value)
+
+
+def test_open_storage_reads_locations(dev_s3: DevS3, bucket: str, tmp_path: Path) -> None:
+    assert isinstance(open_storage(tmp_path), LocalStorage)
+    assert dev_s3.credentials is not None
+    store = open_storage(f"s3://{bucket}/results/", dev_s3.credentials.settings())
+    assert isinstance(store, S3Storage) and store.location == f"s3://{bucket}/results"
+    with pytest.raises(BadKeyError):
+        open_storage("s3:///no-bucket")
+    with pytest.raises(BadKeyError):
+        open_storage(f"s3://{bucket}/a/../b")
+
+
+def test_an_unreachable_store_is_unavailable_not_unreadable(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    settings = S3Settings(endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1", max_attempts=2)
+    store = S3Storage("bucket", "", settings)
+    with pytest.raises(StorageUnavailableError) as info:
+        store.get("a.png")
+    assert info.value.code == "storage_unavailable" and "s3://bucket/a.png" in str(info.value)

@@ -1,16 +1,32 @@
-"""Storage of inputs and results under one root, with whole-object writes and safe keys.
+"""Storage of inputs and results: one interface, a local folder or an S3-compatible bucket.
 
-A *key* is a relative, slash-separated path. Keys never escape their root: absolute keys, ``..``
-segments, backslashes and empty segments are refused. Writes go to a temporary file beside the target
-and are renamed into place, so a reader never sees half an object, and a task that runs twice rewrites
-the same bytes.
+A *location* is ``s3://bucket/prefix`` or a local path; :func:`open_storage` turns it into a
+:class:`Storage` rooted there. A *key* is a relative, slash-separated path under that root. Keys never
+escape their root: absolute keys, ``..`` and ``.`` segments, backslashes and empty segments are refused
+(:class:`BadKeyError`).
+
+**Writes are whole objects.** Locally, a write goes to a temporary file beside the target that is
+renamed into place; on S3 a ``PutObject`` is atomic. A reader never sees half an object, and a task that
+runs twice rewrites the same bytes.
+
+**S3** goes through boto3, so the standard AWS chain supplies credentials, region and endpoint
+(``AWS_ENDPOINT_URL`` included); :class:`S3Settings` adds the endpoint, region and path-style
+addressing as explicit options (``DEFECTSCAN_S3_ADDRESSING=path`` for stores without virtual-host
+buckets). Listing pages through ``ListObjectsV2``; folders come from its ``Delimiter``. Transient errors
+(throttling, 5xx, dropped connections, timeouts) are retried by botocore's *standard* retry mode with
+exponential backoff and jitter (``max_attempts``); what still fails is raised as
+:class:`StorageUnavailableError`, which the Celery tasks retry with their own backoff. A missing or
+forbidden object is :class:`UnreadableError` naming its ``s3://`` location, never retried.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
 
 from pipeline.errors import DefectscanError, UnreadableError
 
@@ -19,6 +35,12 @@ class BadKeyError(DefectscanError):
     """A storage key that is absolute, empty, or would escape its root."""
 
     code = "bad_key"
+
+
+class StorageUnavailableError(DefectscanError):
+    """The store did not answer (after botocore's retries): worth retrying later."""
+
+    code = "storage_unavailable"
 
 
 def safe_key(key: str) -> str:
@@ -36,6 +58,16 @@ def safe_key(key: str) -> str:
     return key
 
 
+def join_key(*parts: str) -> str:
+    """Keys joined with ``/``, each checked; empty parts are skipped.
+
+    Example:
+        >>> join_key("results", "", "b1/items")
+        'results/b1/items'
+    """
+    return "/".join(safe_key(p.strip("/")) for p in parts if p.strip("/"))
+
+
 def read_local(path: str | os.PathLike[str]) -> bytes:
     """Read a local file's bytes; any OS error becomes :class:`UnreadableError` naming the file."""
     try:
@@ -44,11 +76,56 @@ def read_local(path: str | os.PathLike[str]) -> bytes:
         raise UnreadableError(str(path), exc.strerror or str(exc)) from None
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the storage's root
+    size: int
+    etag: str  # S3's ETag; locally size and modification time
+
+
+class Storage(Protocol):
+    """What the shell needs from a store: whole-object reads and writes, and listing."""
+
+    @property
+    def location(self) -> str: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def objects(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    def folders(self, prefix: str = "") -> list[str]: ...
+
+    def child(self, prefix: str) -> Storage: ...
+
+
+def open_storage(location: str | os.PathLike[str], settings: S3Settings | None = None) -> Storage:
+    """The storage rooted at ``s3://bucket/prefix`` or at a local path."""
+    text = os.fspath(location)
+    if text.startswith("s3://"):
+        bucket, _, prefix = text[len("s3://") :].partition("/")
+        if not bucket:
+            raise BadKeyError(text, "an S3 location is s3://bucket[/prefix]")
+        return S3Storage(bucket, prefix, settings)
+    return LocalStorage(text)
+
+
+def is_remote(location: str | os.PathLike[str]) -> bool:
+    return os.fspath(location).startswith("s3://")
+
+
 class LocalStorage:
     """A folder on the local filesystem, addressed by keys (the embedded default backend)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
 
     def path(self, key: str) -> Path:
         """The filesystem path of ``key``, after checking the key."""
@@ -60,7 +137,7 @@ class LocalStorage:
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
         """Write ``data`` at ``key`` as a whole: temp file, fsync, then rename over the target."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -74,3 +151,177 @@ class LocalStorage:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every file under ``prefix`` (a key or ``""``), sorted by key; temporary files are skipped."""
+        base = self.path(prefix) if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.startswith(".") and name.endswith(".part"):
+                    continue
+                path = Path(dirpath) / name
+                stat = path.stat()
+                key = path.relative_to(self.root).as_posix()
+                yield ObjectInfo(key, stat.st_size, f"{stat.st_size}-{stat.st_mtime_ns}")
+
+    def folders(self, prefix: str = "") -> list[str]:
+        base = self.path(prefix) if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() + "/" for p in base.iterdir() if p.is_dir())
+
+    def child(self, prefix: str) -> LocalStorage:
+        return LocalStorage(self.path(prefix))
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Explicit S3 options; anything left ``None`` comes from boto3's standard chain and variables."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str | None = None  # "path", "virtual" or "auto"
+    max_attempts: int = 8
+
+    @classmethod
+    def from_env(cls) -> S3Settings:
+        return cls(addressing_style=os.environ.get("DEFECTSCAN_S3_ADDRESSING") or None)
+
+    def client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            retries={"mode": "standard", "max_attempts": self.max_attempts},
+            s3={"addressing_style": self.addressing_style or "auto"},
+            connect_timeout=10,
+            read_timeout=60,
+        )
+        return boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
+        )
+
+
+class S3Storage:
+    """Keys under ``s3://bucket/prefix`` of an S3-compatible store (SeaweedFS, Ceph, MinIO, AWS)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        settings: S3Settings | None = None,
+        client: Any = None,
+        page_size: int = 1000,
+    ) -> None:
+        self.bucket = bucket
+        self.page_size = page_size
+        self.prefix = join_key(prefix) if prefix.strip("/") else ""
+        self.settings = settings or S3Settings.from_env()
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self.settings.client()
+        return self._client
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def _full(self, key: str) -> str:
+        return join_key(self.prefix, safe_key(key))
+
+    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        """Run one client call; its failures become our typed errors, naming ``what``."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise _mapped(what, exc) from None
+
+    def get(self, key: str) -> bytes:
+        full = self._full(key)
+        what = f"s3://{self.bucket}/{full}"
+        response = self._call(what, self.client.get_object, Bucket=self.bucket, Key=full)
+        return bytes(self._call(what, response["Body"].read))
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._full(key)
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=full)
+        except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and _status(exc) == 404:
+                return False
+            raise _mapped(f"s3://{self.bucket}/{full}", exc) from None
+        return True
+
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        full = self._full(key)
+        extra = {"ContentType": content_type} if content_type else {}
+        self._call(
+            f"s3://{self.bucket}/{full}",
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=full,
+            Body=data,
+            **extra,
+        )
+
+    def _pages(self, prefix: str, delimiter: str | None) -> Iterator[dict[str, Any]]:
+        full = self._full(prefix) + "/" if prefix.strip("/") else (self.prefix + "/" if self.prefix else "")
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = iter(paginator.paginate(**kwargs, PaginationConfig={"PageSize": self.page_size}))
+        what = f"s3://{self.bucket}/{full}"
+        while True:
+            page = self._call(what, lambda: next(pages, None))
+            if page is None:
+                return
+            yield page
+
+    def _relative(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    def objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under ``prefix``, in key order (S3 lists in UTF-8 binary order)."""
+        for page in self._pages(prefix, None):
+            for item in page.get("Contents", []):
+                yield ObjectInfo(self._relative(item["Key"]), int(item["Size"]), str(item["ETag"]).strip('"'))
+
+    def folders(self, prefix: str = "") -> list[str]:
+        return [
+            self._relative(common["Prefix"])
+            for page in self._pages(prefix, "/")
+            for common in page.get("CommonPrefixes", [])
+        ]
+
+    def child(self, prefix: str) -> S3Storage:
+        return S3Storage(
+            self.bucket, join_key(self.prefix, prefix), self.settings, self._client, self.page_size
+        )
+
+
+def _status(exc: Any) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _mapped(what: str, exc: Exception) -> DefectscanError:
+    """A botocore failure as :class:`StorageUnavailableError` (worth retrying) or :class:`UnreadableError`."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):  # connection, timeout, ... after botocore's own retries
+        return StorageUnavailableError(what, type(exc).__name__)
+    error = exc.response.get("Error", {})
+    code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+    if _status(exc) >= 500 or code in ("SlowDown", "RequestTimeout", "ServiceUnavailable", "Throttling"):
+        return StorageUnavailableError(what, f"{code or _status(exc)}: {message}")
+    return UnreadableError(what, f"{code or _status(exc)}: {message or 'refused'}")

@@ -1,0 +1,243 @@
+"""The distributed sub-commands: ``enqueue``, ``status``, ``wait``, ``worker`` and ``dev-s3``.
+
+They talk to Redis (``DEFECTSCAN_BROKER_URL``) and to storage (``s3://`` locations through the standard
+AWS variables, or local paths); none of them imports the models, so they start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from producer.console import err, progress_bar
+from producer.enqueue import enqueue_batch
+from producer.options import search_options, segment_options
+from worker.app import INFERENCE_QUEUE, RETRAIN_QUEUE
+from worker.batches import BatchBook, BatchCounts
+from worker.dev_s3 import DevS3
+from worker.results import OutputOptions
+
+EXIT_TIMEOUT = 3
+
+
+@click.command()
+@click.argument("inputs")
+@click.option("--model", required=True, help="Model directory, or <models>/PRODUCT@latest (local or s3://).")
+@click.option("--out", required=True, help="Results location; the batch goes to <out>/<batch-id>/.")
+@click.option("--batch-id", help="Rerun this batch: only images without a verdict are sent.")
+@click.option(
+    "--chunk", default=16, show_default=True, type=click.IntRange(1, 10_000), help="Images per task."
+)
+@click.option("--template", help="Template image (path or s3://): segment every instance of it.")
+@click.option("--product", help="Product name recorded in the verdicts.")
+@click.option(
+    "--min-area", default=16, show_default=True, type=click.IntRange(1), help="Smallest region, px."
+)
+@click.option("--save-maps", is_flag=True, help="Also write <image>.map.npy.")
+@click.option("--lookout-compat", is_flag=True, help="Add Lookout for Vision's DetectAnomalyResult.")
+@segment_options
+def enqueue(
+    inputs: str,
+    model: str,
+    out: str,
+    batch_id: str | None,
+    chunk: int,
+    template: str | None,
+    product: str | None,
+    min_area: int,
+    save_maps: bool,
+    lookout_compat: bool,
+    max_instances: int,
+    min_score: float,
+    angles: str,
+    scales: str,
+    max_pixels: int,
+    pyramid: bool,
+) -> None:
+    """Enqueue every image under INPUTS (s3://bucket/prefix/ or a folder) as one batch; print its id.
+
+    The model is pinned for the whole batch; batch.json and manifest.jsonl go to <out>/<batch-id>/."""
+    done = enqueue_batch(
+        inputs,
+        model,
+        out,
+        batch_id,
+        chunk,
+        template,
+        product,
+        search_options(angles, scales, min_score, max_instances, pyramid),
+        min_area,
+        OutputOptions(save_maps=save_maps, lookout_compat=lookout_compat),
+        max_pixels=max_pixels,
+    )
+    err.print(
+        f"batch {done.batch_id}: {done.images} images, {done.sent_images} sent in {done.sent_chunks} "
+        f"chunks; model version {done.model_version}; results in {done.location}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    click.echo(done.batch_id)
+
+
+def _counts(batch_id: str) -> BatchCounts:
+    return BatchBook(batch_id).counts()
+
+
+def _finished(book: BatchBook, counts: BatchCounts) -> bool:
+    return counts.finished and book.finalized()
+
+
+@click.command()
+@click.argument("batch_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+def status(batch_id: str, as_json: bool) -> None:
+    """Done, failed and pending counts of BATCH_ID."""
+    book = BatchBook(batch_id)
+    counts = book.counts()
+    if counts.total == 0:
+        raise click.ClickException(f"no batch {batch_id!r} is known to the broker")
+    state = "finished" if _finished(book, counts) else "running"
+    row = {"batch": batch_id, "state": state, "total": counts.total, "done": counts.done}
+    row |= {"failed": counts.failed, "pending": counts.pending}
+    if as_json:
+        click.echo(json.dumps(row))
+    else:
+        click.echo(" ".join(f"{k} {v}" for k, v in row.items()))
+
+
+@click.command()
+@click.argument("batch_id")
+@click.option("--timeout", default=6 * 3600.0, show_default=True, type=float, help="Seconds.")
+@click.option("--interval", default=1.0, show_default=True, type=float, help="Seconds between polls.")
+def wait(batch_id: str, timeout: float, interval: float) -> None:
+    """Wait until BATCH_ID is finished (failed images included) and its summary is written.
+
+    Exits 0 when finished, 3 on timeout."""
+    book = BatchBook(batch_id)
+    deadline = time.monotonic() + timeout
+    counts = book.counts()
+    with progress_bar(max(counts.total, 1), f"batch {batch_id}") as bar:
+        while True:
+            counts = book.counts()
+            bar.update(bar.task_ids[0], total=max(counts.total, 1), completed=counts.done + counts.failed)
+            if _finished(book, counts):
+                break
+            if time.monotonic() > deadline:
+                err.print(f"timed out: {counts.pending} of {counts.total} images pending", highlight=False)
+                sys.exit(EXIT_TIMEOUT)
+            time.sleep(interval)
+    click.echo(f"batch {batch_id} finished: {counts.done} done, {counts.failed} failed, of {counts.total}")
+
+
+def worker_argv(queues: str, concurrency: int, loglevel: str, name: str, pool: str) -> list[str]:
+    """The ``celery worker`` command line for :mod:`worker.app`."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.app:app",
+        "worker",
+        f"--queues={queues}",
+        f"--concurrency={concurrency}",
+        f"--loglevel={loglevel}",
+        f"--hostname={name}",
+        f"--pool={pool}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def _gpu_count() -> int:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return len([line for line in out.stdout.splitlines() if line.strip()])
+
+
+@click.command(name="worker")
+@click.option(
+    "--queues", default=INFERENCE_QUEUE, show_default=True, help=f"{INFERENCE_QUEUE},{RETRAIN_QUEUE}"
+)
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1), help="CPU processes.")
+@click.option("--loglevel", default="info", show_default=True)
+@click.option("--name", default="defectscan@%h", show_default=True, help="Celery node name.")
+@click.option(
+    "--gpus",
+    default="auto",
+    show_default=True,
+    help="auto: one worker process per GPU when there are GPUs; none: CPU processes only.",
+)
+def worker_command(queues: str, concurrency: int, loglevel: str, name: str, gpus: str) -> None:
+    """Run a Celery worker on QUEUES (a thin wrapper over ``celery worker``).
+
+    With GPUs, one worker process per GPU (each its own process, CUDA_VISIBLE_DEVICES set, solo pool, so
+    no process forks after CUDA starts); otherwise CONCURRENCY forked CPU processes."""
+    count = _gpu_count() if gpus == "auto" else 0
+    if count == 0:
+        err.print(f"worker {name}: queues {queues}, {concurrency} CPU processes", highlight=False)
+        os.execv(sys.executable, worker_argv(queues, concurrency, loglevel, name, "prefork"))
+    err.print(f"worker {name}: queues {queues}, one process per GPU ({count})", highlight=False)
+    children = [
+        subprocess.Popen(
+            worker_argv(queues, 1, loglevel, f"gpu{i}-{name}", "solo"),
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i)},
+        )
+        for i in range(count)
+    ]
+
+    def forward(signum: int, _: object) -> None:
+        for child in children:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    sys.exit(max(child.wait() for child in children))
+
+
+@click.command(name="dev-s3")
+@click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--port", type=int, help="S3 port (default: a free one).")
+@click.option("--bucket", "buckets", multiple=True, help="Create this bucket (repeatable).")
+def dev_s3(data_dir: Path, port: int | None, buckets: tuple[str, ...]) -> None:
+    """Run an embedded S3 store (SeaweedFS weed mini) on 127.0.0.1 until interrupted.
+
+    Its endpoint and a generated key pair are written to DATA_DIR/s3.env (mode 0600): `source` it."""
+    store = DevS3(data_dir, port)
+    creds = store.start()
+    for name in buckets:
+        store.create_bucket(name)
+    err.print(
+        f"S3 at {creds.endpoint_url} (pid {store.pid}); credentials: source {data_dir / 's3.env'}",
+        highlight=False,
+    )
+    stop = False
+
+    def on_signal(signum: int, _: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        while not stop and store.process is not None and store.process.poll() is None:
+            time.sleep(0.5)
+    finally:
+        store.stop()
+
+
+BATCH_COMMANDS = (enqueue, status, wait, worker_command, dev_s3)

@@ -1,0 +1,159 @@
+"""``defectscan enqueue``: list a prefix's images, pin the model, write the batch's request, send chunks.
+
+1. The batch folder is ``<out>/<batch-id>/``. A new batch id is ``<UTC time>-<4 hex>``.
+2. A new batch resolves the model (``PRODUCT@latest`` to a fixed version, :func:`resolve_model`), lists
+   the images under the inputs (by suffix), copies the template in, and writes ``manifest.jsonl`` (one
+   line per input: key, size, etag) and then ``batch.json`` (the request, with the pinned model).
+3. A batch id that exists already keeps its request and manifest, whatever has changed since: a rerun
+   inspects the same inputs with the same model. Inputs that have a verdict under ``items/`` are
+   recorded as done; only the others are sent. Nothing pending and no ``_SUCCESS``: finalize is sent.
+4. One ``defectscan.inspect_chunk`` task per chunk of ``chunk`` keys, in manifest order.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipeline.images import DEFAULT_MAX_PIXELS
+from pipeline.segment import SegmentOptions
+from pipeline.verdict import Verdict
+from producer.local_segment import IMAGE_SUFFIXES
+from worker.app import app
+from worker.batch_spec import ITEMS, MANIFEST, TEMPLATE_KEY, BatchSpec, absolute_location, manifest_keys
+from worker.batches import BatchBook
+from worker.model_cache import resolve_model
+from worker.results import OutputOptions
+from worker.storage import Storage, open_storage, read_local
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    batch_id: str
+    location: str
+    images: int
+    sent_images: int
+    sent_chunks: int
+    model_version: str
+    finalize_sent: bool
+
+
+def new_batch_id(now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def list_images(inputs: Storage) -> list[tuple[str, int, str]]:
+    """``(key, size, etag)`` of every image under ``inputs``, sorted by key."""
+    found = [
+        (o.key, o.size, o.etag) for o in inputs.objects() if Path(o.key).suffix.lower() in IMAGE_SUFFIXES
+    ]
+    return sorted(found)
+
+
+def _create(
+    store: Storage,
+    batch_id: str,
+    inputs: str,
+    model: str,
+    out: str,
+    template: str | None,
+    chunk: int,
+    **options: object,
+) -> BatchSpec:
+    model_dir, version = resolve_model(model)
+    images = list_images(open_storage(inputs))
+    if template is not None:
+        store.put(TEMPLATE_KEY, _read_location(template), "image/png")
+    manifest = "".join(json.dumps({"key": k, "size": s, "etag": e}) + "\n" for k, s, e in images)
+    store.put(MANIFEST, manifest.encode(), "application/x-ndjson")
+    spec = BatchSpec(
+        batch_id=batch_id,
+        inputs=inputs,
+        out=out,
+        model=model_dir,
+        model_version=version,
+        template=template is not None,
+        images=len(images),
+        chunk=chunk,
+        created_at=datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        **options,
+    )
+    store.put("batch.json", spec.to_json(), "application/json")
+    return spec
+
+
+def _read_location(location: str) -> bytes:
+    if location.startswith("s3://"):
+        parent, _, name = location.rstrip("/").rpartition("/")
+        return open_storage(parent).get(name)
+    return read_local(location)
+
+
+def existing_verdicts(store: Storage) -> dict[str, str]:
+    """``{input key: verdict}`` for every verdict already under ``items/`` (a rerun)."""
+    known: dict[str, str] = {}
+    items = store.child(ITEMS)
+    for obj in items.objects():
+        if not obj.key.endswith(".json"):
+            continue
+        known[obj.key[: -len(".json")]] = Verdict.model_validate_json(items.get(obj.key)).verdict
+    return known
+
+
+def enqueue_batch(
+    inputs: str,
+    model: str,
+    out: str,
+    batch_id: str | None = None,
+    chunk: int = 16,
+    template: str | None = None,
+    product: str | None = None,
+    segment: SegmentOptions | None = None,
+    min_area: int = 16,
+    outputs: OutputOptions | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    book_factory: Callable[[str], BatchBook] = BatchBook,
+) -> Enqueued:
+    batch_id = batch_id or new_batch_id()
+    inputs, out = absolute_location(inputs), absolute_location(out)
+    model = absolute_location(model)
+    template = None if template is None else absolute_location(template)
+    root = open_storage(out)
+    store = root.child(batch_id)
+    location = f"{root.location.rstrip('/')}/{batch_id}"
+    if store.exists("batch.json"):
+        spec = BatchSpec.model_validate_json(store.get("batch.json"))
+    else:
+        spec = _create(
+            store,
+            batch_id,
+            inputs,
+            model,
+            out,
+            template,
+            chunk,
+            product=product,
+            segment=BatchSpec.segment_dict(segment or SegmentOptions()),
+            min_area=min_area,
+            outputs=outputs or OutputOptions(),
+            max_pixels=max_pixels,
+        )
+    keys = manifest_keys(store)
+    book = book_factory(batch_id)
+    known = {k: v for k, v in existing_verdicts(store).items() if k in set(keys)}
+    book.start(len(keys), known)
+    pending = [k for k in keys if k not in known]
+    size = max(spec.chunk, 1)
+    chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
+    for part in chunks:
+        app.send_task("defectscan.inspect_chunk", args=[location, part])
+    finalize = False
+    if not pending and not store.exists("_SUCCESS") and book.claim_finalize():
+        app.send_task("defectscan.finalize_batch", args=[location])
+        finalize = True
+    return Enqueued(batch_id, location, len(keys), len(pending), len(chunks), spec.model_version, finalize)

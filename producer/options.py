@@ -1,0 +1,52 @@
+"""Command-line options shared by several sub-commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from pipeline.images import DEFAULT_MAX_PIXELS
+from pipeline.segment import SegmentOptions, parse_range
+
+
+def segment_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """The template-search options shared by ``segment`` and ``inspect``."""
+    for option in reversed(
+        [
+            click.option("--max-instances", default=64, show_default=True, type=click.IntRange(1, 10_000)),
+            click.option(
+                "--min-score", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True)
+            ),
+            click.option(
+                "--angles",
+                default="-5:5:1",
+                show_default=True,
+                help="Degrees: start:stop:step, a list, or one.",
+            ),
+            click.option(
+                "--scales", default="1", show_default=True, help="Factors: start:stop:step, a list, or one."
+            ),
+            click.option(
+                "--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1)
+            ),
+            click.option(
+                "--pyramid/--no-pyramid", default=True, show_default=True, help="Coarse-to-fine search."
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def search_options(
+    angles: str, scales: str, min_score: float, max_instances: int, pyramid: bool
+) -> SegmentOptions:
+    """The template search the options ask for."""
+    return SegmentOptions(
+        angles=parse_range(angles, "--angles"),
+        scales=parse_range(scales, "--scales"),
+        min_score=min_score,
+        max_instances=max_instances,
+        pyramid=pyramid,
+    )

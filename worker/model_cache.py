@@ -1,0 +1,113 @@
+"""Models for the workers: ``PRODUCT@latest`` resolved to a fixed version, fetched once, cached by version.
+
+**Locations.** A model is a directory (local, or a prefix in storage) written by
+:meth:`pipeline.model.AnomalyModel.save`. ``<models>/<product>@latest`` reads ``<models>/<product>/LATEST``
+(the promoted version id) and means ``<models>/<product>/<version>/``; ``<models>/<product>@<version>``
+names a version directly. :func:`resolve_model` returns the pinned directory and its version; the
+producer writes both into ``batch.json``, so a batch never changes model half-way.
+
+**Cache.** Each worker process loads a model lazily, on its first task (Celery's
+``worker_process_init`` has a 4 s limit), and keeps the last ``maxsize`` versions (LRU). A model in
+storage is downloaded into ``$DEFECTSCAN_CACHE`` (default ``~/.cache/defectscan/models``), each file
+written whole, and loaded from there; a directory whose ``model.json`` names another version than the
+pinned one is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.errors import ModelFormatError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from pipeline.model import AnomalyModel
+
+from worker.storage import LocalStorage, Storage, is_remote, join_key, open_storage
+
+MODEL_FILES = ("model.json", "model.safetensors", "reference.png", "regions.png")
+
+
+def _split(location: str) -> tuple[str, str | None]:
+    head, sep, tag = location.rstrip("/").rpartition("@")
+    return (head, tag) if sep and "/" not in tag else (location.rstrip("/"), None)
+
+
+def _model_json(store: Storage, where: str) -> dict[str, object]:
+    try:
+        doc = json.loads(store.get("model.json"))
+    except json.JSONDecodeError as exc:
+        raise ModelFormatError(f"{where}/model.json", f"not JSON ({exc})") from None
+    except Exception as exc:
+        raise ModelNotFoundError(where, f"no model here ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ModelFormatError(f"{where}/model.json", "not a JSON object")
+    return doc
+
+
+def resolve_model(location: str) -> tuple[str, str]:
+    """``(model directory location, version)`` for a directory, ``PRODUCT@latest`` or ``PRODUCT@VERSION``."""
+    base, tag = _split(location)
+    if tag is not None:
+        if tag == "latest":
+            try:
+                tag = open_storage(base).get("LATEST").decode().strip()
+            except Exception:
+                raise ModelNotFoundError(
+                    location, f"no {base}/LATEST: no version has been promoted"
+                ) from None
+        base = f"{base}/{join_key(tag)}"
+    doc = _model_json(open_storage(base), base)
+    version = str(doc.get("version") or "")
+    if not version:
+        raise ModelFormatError(f"{base}/model.json", "no version")
+    if tag is not None and version != tag:
+        raise ModelFormatError(f"{base}/model.json", f"holds version {version}, not {tag}")
+    return base, version
+
+
+class ModelCache:
+    """The last ``maxsize`` models this process used, by (location, version)."""
+
+    def __init__(self, maxsize: int = 2, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        self.maxsize = maxsize
+        default = Path(os.environ.get("DEFECTSCAN_CACHE", Path.home() / ".cache" / "defectscan")) / "models"
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default
+        self._models: OrderedDict[tuple[str, str], AnomalyModel] = OrderedDict()
+        self.loads = 0
+
+    def get(self, location: str, version: str) -> AnomalyModel:
+        key = (location, version)
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        from pipeline.model import AnomalyModel  # torch: only where a model is used
+
+        model = AnomalyModel.load(self._local(location, version))
+        if str(model.meta.get("version")) != version:
+            raise ModelFormatError(location, f"holds version {model.meta.get('version')}, not {version}")
+        self.loads += 1
+        self._models[key] = model
+        while len(self._models) > self.maxsize:
+            self._models.popitem(last=False)
+        return model
+
+    def _local(self, location: str, version: str) -> Path:
+        if not is_remote(location):
+            return Path(location)
+        digest = hashlib.sha256(f"{location}@{version}".encode()).hexdigest()[:24]
+        target = LocalStorage(self.cache_dir / digest)
+        if target.exists("model.json"):
+            return target.root
+        source = open_storage(location)
+        for name in MODEL_FILES:
+            if name == "model.json":
+                continue  # last: its presence marks a complete download
+            if source.exists(name):
+                target.put(name, source.get(name))
+        target.put("model.json", source.get("model.json"))
+        return target.root

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,3 +91,45 @@ def bucket(dev_s3: DevS3) -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
     dev_s3.create_bucket(name)
     return name
+
+
+REDIS_DB = 11  # the tests' own database; they delete only the keys they made
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The local Redis (started as CI starts it when it is not running), on the tests' own database."""
+    import redis
+
+    url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+    try:
+        redis.Redis.from_url(url).ping()
+    except redis.exceptions.ConnectionError:
+        subprocess.run(
+            [
+                "redis-server",
+                "--daemonize",
+                "yes",
+                "--bind",
+                "127.0.0.1",
+                "-::1",
+                "--port",
+                "6379",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                "/var/lib/redis",
+                "--logfile",
+                "/var/log/redis/ci.log",
+            ],
+            check=True,
+        )
+        for _ in range(50):
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.1)
+    return url

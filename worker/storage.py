@@ -153,19 +153,19 @@ class LocalStorage:
             raise
 
     def objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every file under ``prefix`` (a key or ``""``), sorted by key; temporary files are skipped."""
+        """Every file under ``prefix`` (a key or ``""``), sorted by key as S3 lists; temp files skipped."""
         base = self.path(prefix) if prefix.strip("/") else self.root
         if not base.is_dir():
             return
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if name.startswith(".") and name.endswith(".part"):
-                    continue
-                path = Path(dirpath) / name
-                stat = path.stat()
-                key = path.relative_to(self.root).as_posix()
-                yield ObjectInfo(key, stat.st_size, f"{stat.st_size}-{stat.st_mtime_ns}")
+        found = []
+        for dirpath, _, filenames in os.walk(base):
+            for name in filenames:
+                if not (name.startswith(".") and name.endswith(".part")):
+                    path = Path(dirpath) / name
+                    found.append((path.relative_to(self.root).as_posix(), path))
+        for key, path in sorted(found):
+            stat = path.stat()
+            yield ObjectInfo(key, stat.st_size, f"{stat.st_size}-{stat.st_mtime_ns}")
 
     def folders(self, prefix: str = "") -> list[str]:
         base = self.path(prefix) if prefix.strip("/") else self.root

@@ -1,0 +1,215 @@
+"""The distributed batch on real parts: Redis, SeaweedFS (``weed mini``) and worker subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from pipeline.images import encode_png
+from pipeline.model import AnomalyModel, ModelConfig
+from pipeline.segment import Segmenter, SegmentOptions, parse_range
+from pipeline.synth import SheetSpec, generate_sheet, reference_template
+from producer.cli import cli
+from producer.enqueue import enqueue_batch
+from worker.app import app
+from worker.batches import PREFIX
+from worker.dev_s3 import DevS3
+from worker.storage import S3Storage
+
+SPEC = SheetSpec(width=1000, height=420, rows=1, cols=2)
+SHEETS = 40
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def env(dev_s3: DevS3, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The environment a worker node gets: broker, S3 endpoint and keys, a model cache."""
+    assert dev_s3.credentials is not None
+    values = {
+        **dev_s3.credentials.env(),
+        "DEFECTSCAN_BROKER_URL": redis_url,
+        "DEFECTSCAN_CACHE": str(tmp_path_factory.mktemp("cache")),
+        "HF_HUB_OFFLINE": "1",
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    app.conf.update(broker_url=redis_url, result_backend=redis_url)
+    yield values
+    for key, old in saved.items():
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+@pytest.fixture(scope="module")
+def nightly(env: dict[str, str], dev_s3: DevS3, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A bucket with 40 synthetic sheets and a corrupt file, a promoted model and the template."""
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    dev_s3.create_bucket(bucket)
+    store = S3Storage(bucket)
+    local = tmp_path_factory.mktemp("nightly")
+    for index in range(SHEETS):
+        sheet = generate_sheet(seed=31, index=index, defect_rate=0.3, spec=SPEC)
+        data = encode_png(sheet.image)
+        store.put(f"nightly/2026-11-29/line{index % 2}/sheet_{index:03d}.png", data)
+        (local / f"line{index % 2}").mkdir(exist_ok=True)
+        (local / f"line{index % 2}" / f"sheet_{index:03d}.png").write_bytes(data)
+    store.put("nightly/2026-11-29/line0/broken.png", b"\x89PNG\r\n\x1a\n truncated")
+    store.put("nightly/2026-11-29/notes.txt", b"not an image: not listed")
+    segmenter = Segmenter(reference_template(), SegmentOptions(angles=parse_range("-3:3:1")))
+    ok = []  # trained as `defectscan train` does: aligned crops of defect-free sheets
+    for index in range(12):
+        clean = generate_sheet(seed=99, index=index, defect_rate=0.0, spec=SPEC).image
+        ok += segmenter.crops(clean, segmenter.find(clean, "train"))
+    config = ModelConfig(image_size=128, coreset_ratio=0.1, tta_views=("identity",))
+    model_dir = AnomalyModel.fit(ok, config).save(local.parent / "model")
+    version = json.loads((model_dir / "model.json").read_text())["version"]
+    for path in model_dir.iterdir():
+        store.put(f"models/foil/{version}/{path.name}", path.read_bytes())
+    store.put("models/foil/LATEST", f"{version}\n".encode())
+    store.put("templates/foil.png", encode_png(reference_template()))
+    return {"bucket": bucket, "local": str(local), "model_dir": str(model_dir), "version": version}
+
+
+def _worker(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.app:app",
+        "worker",
+        "--pool=solo",
+        "--queues=inference",
+    ]
+    args += [f"--hostname={name}@%h", "--loglevel=info", "--without-gossip", "--without-mingle"]
+    return subprocess.Popen(
+        args, cwd=ROOT, env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+
+
+@pytest.fixture(scope="module")
+def workers(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Path]]:
+    logs = tmp_path_factory.mktemp("workers")
+    paths = [logs / "w1.log", logs / "w2.log"]
+    procs = [_worker(f"w{i + 1}", env, path) for i, path in enumerate(paths)]
+    yield paths
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_a_nightly_batch_runs_on_two_workers_and_reruns_idempotently(
+    nightly: dict[str, str], workers: list[Path], env: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    bucket, batch_id = nightly["bucket"], f"t{uuid.uuid4().hex[:10]}"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        args = [
+            "enqueue",
+            f"s3://{bucket}/nightly/2026-11-29/",
+            "--model",
+            f"s3://{bucket}/models/foil@latest",
+            "--out",
+            f"s3://{bucket}/results/",
+            "--batch-id",
+            batch_id,
+            "--chunk",
+            "2",
+            "--template",
+            f"s3://{bucket}/templates/foil.png",
+            "--product",
+            "foil",
+            "--angles",
+            "-3:3:1",
+        ]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        assert result.stdout.strip().splitlines()[-1] == batch_id
+        waited = CliRunner().invoke(cli, ["wait", batch_id, "--timeout", "600", "--interval", "0.5"])
+        assert waited.exit_code == 0, waited.output
+
+        batch = S3Storage(bucket, f"results/{batch_id}")
+        spec = json.loads(batch.get("batch.json"))
+        assert spec["model_version"] == nightly["version"] and spec["model"].endswith(nightly["version"])
+        manifest = [json.loads(line)["key"] for line in batch.get("manifest.jsonl").decode().splitlines()]
+        assert len(manifest) == SHEETS + 1 and "notes.txt" not in manifest
+        verdicts = {k: json.loads(batch.get(f"items/{k}.json")) for k in manifest}
+        summary = json.loads(batch.get("summary.json"))
+        assert summary["images"] == SHEETS + 1 and summary["batch_id"] == batch_id
+        counted = {v: sum(d["verdict"] == v for d in verdicts.values()) for v in ("ok", "defect", "error")}
+        assert {k: n for k, n in counted.items() if n} == summary["verdicts"]
+        assert counted["error"] == 1 and verdicts["line0/broken.png"]["error"]["code"] == "decode_error"
+        assert counted["defect"] > 0 and counted["ok"] > 0
+        objects = {o.key: o for o in batch.objects()}
+        latest = max(s3_time(batch, k) for k in objects if k != "_SUCCESS")
+        assert "_SUCCESS" in objects and s3_time(batch, "_SUCCESS") >= latest  # written last
+
+        chunks = [_chunk_lines(path) for path in workers]
+        assert all(n > 0 for n in chunks) and sum(chunks) == (SHEETS + 1 + 1) // 2  # both took chunks
+
+        status = CliRunner().invoke(cli, ["status", batch_id, "--json"])
+        assert json.loads(status.stdout) == {
+            "batch": batch_id,
+            "state": "finished",
+            "total": SHEETS + 1,
+            "done": SHEETS,
+            "failed": 1,
+            "pending": 0,
+        }
+
+        again = enqueue_batch(
+            f"s3://{bucket}/nightly/2026-11-29/",
+            f"s3://{bucket}/models/foil@latest",
+            f"s3://{bucket}/results/",
+            batch_id,
+        )
+        assert again.sent_images == 0 and again.sent_chunks == 0 and not again.finalize_sent
+        assert client.llen("inference") == 0
+
+        local_out, template = tmp_path / "local", tmp_path / "t.png"
+        template.write_bytes(encode_png(reference_template()))
+        local_args = ["inspect", nightly["local"], "--model", nightly["model_dir"], "--out", str(local_out)]
+        local_args += ["--template", str(template), "--product", "foil", "--angles", "-3:3:1"]
+        local = CliRunner().invoke(cli, local_args)
+        assert local.exit_code == 0, local.output
+        for key in ("line0/sheet_000.png", "line1/sheet_013.png"):
+            mine = json.loads((local_out / f"{key}.json").read_text())
+            theirs = verdicts[key]
+            mine.pop("timings_ms"), theirs.pop("timings_ms")
+            assert mine == theirs  # the same verdict, whichever path wrote it
+            assert (local_out / f"{key}.heatmap.png").read_bytes() == batch.get(f"items/{key}.heatmap.png")
+    finally:
+        keys = list(client.scan_iter(f"{PREFIX}{batch_id}:*"))
+        if keys:
+            client.delete(*keys)
+
+
+def s3_time(store: S3Storage, key: str) -> float:
+    head = store.client.head_object(Bucket=store.bucket, Key=f"{store.prefix}/{key}")
+    return float(head["LastModified"].timestamp())
+
+
+def _chunk_lines(log: Path, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        count = sum("chunk of" in line for line in log.read_text(errors="replace").splitlines())
+        if count or time.monotonic() > deadline:
+            return count
+        time.sleep(0.2)

@@ -15,6 +15,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from pipeline.errors import ModelNotFoundError
 from pipeline.images import encode_png
 from pipeline.model import AnomalyModel, ModelConfig
 from pipeline.segment import Segmenter, SegmentOptions, parse_range
@@ -22,9 +23,11 @@ from pipeline.synth import SheetSpec, generate_sheet, reference_template
 from producer.cli import cli
 from producer.enqueue import enqueue_batch
 from worker.app import app
+from worker.batch_spec import BatchSpec
 from worker.batches import PREFIX
 from worker.dev_s3 import DevS3
 from worker.storage import S3Storage
+from worker.tasks import inspect_keys
 
 SPEC = SheetSpec(width=1000, height=420, rows=1, cols=2)
 SHEETS = 40
@@ -213,3 +216,33 @@ def _chunk_lines(log: Path, timeout: float = 10.0) -> int:
         if count or time.monotonic() > deadline:
             return count
         time.sleep(0.2)
+
+
+def test_an_unknown_model_version_is_refused_at_enqueue_and_named(
+    nightly: dict[str, str], env: dict[str, str]
+) -> None:
+    bucket = nightly["bucket"]
+    args = ["enqueue", f"s3://{bucket}/nightly/2026-11-29/", "--model", f"s3://{bucket}/models/foil@20990101"]
+    result = CliRunner().invoke(cli, [*args, "--out", f"s3://{bucket}/results/"], standalone_mode=False)
+    assert isinstance(result.exception, ModelNotFoundError)
+    assert "models/foil/20990101" in str(result.exception)
+
+
+def test_a_model_gone_after_enqueue_gives_each_image_an_error_verdict(
+    nightly: dict[str, str], env: dict[str, str]
+) -> None:
+    bucket = nightly["bucket"]
+    spec = BatchSpec(
+        batch_id="gone",
+        inputs=f"s3://{bucket}/nightly/2026-11-29",
+        out=f"s3://{bucket}/results",
+        model=f"s3://{bucket}/models/foil/19990101",
+        model_version="19990101",
+        created_at="2026-11-29T00:00:00Z",
+    )
+    results = list(inspect_keys(spec, None, ["line0/sheet_000.png", "line1/sheet_001.png"]))
+    assert [r.verdict.verdict for r in results] == ["error", "error"]
+    assert {r.verdict.error.code for r in results if r.verdict.error} == {"model_not_found"}
+    assert all(
+        "models/foil/19990101" in (r.verdict.error.message if r.verdict.error else "") for r in results
+    )

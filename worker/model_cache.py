@@ -104,6 +104,8 @@ class ModelCache:
         if target.exists("model.json"):
             return target.root
         source = open_storage(location)
+        if not source.exists("model.json"):
+            raise ModelNotFoundError(location, "no model.json: not a defectscan model directory")
         for name in MODEL_FILES:
             if name == "model.json":
                 continue  # last: its presence marks a complete download

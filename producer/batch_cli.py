@@ -18,6 +18,8 @@ import click
 
 from producer.console import err, progress_bar
 from producer.enqueue import enqueue_batch
+from producer.nightly import ENV as NIGHTLY_ENV
+from producer.nightly import Nightly, beat_argv
 from producer.options import search_options, segment_options
 from worker.app import INFERENCE_QUEUE, RETRAIN_QUEUE
 from worker.batches import BatchBook, BatchCounts
@@ -218,9 +220,7 @@ def dev_s3(data_dir: Path, port: int | None, buckets: tuple[str, ...]) -> None:
 
     Its endpoint and a generated key pair are written to DATA_DIR/s3.env (mode 0600): `source` it."""
     store = DevS3(data_dir, port)
-    creds = store.start()
-    for name in buckets:
-        store.create_bucket(name)
+    creds = store.start(buckets=buckets)
     err.print(
         f"S3 at {creds.endpoint_url} (pid {store.pid}); credentials: source {data_dir / 's3.env'}",
         highlight=False,
@@ -240,4 +240,39 @@ def dev_s3(data_dir: Path, port: int | None, buckets: tuple[str, ...]) -> None:
         store.stop()
 
 
-BATCH_COMMANDS = (enqueue, status, wait, worker_command, dev_s3)
+@click.command()
+@click.option("--inputs", required=True, help="The prefix whose YYYY-MM-DD/ folders hold each day's images.")
+@click.option("--model", required=True, help="Model, e.g. s3://bucket/models/PRODUCT@latest.")
+@click.option("--out", required=True, help="Results location.")
+@click.option("--template", help="Template image (path or s3://).")
+@click.option("--product", help="Product name recorded in the verdicts.")
+@click.option("--chunk", default=16, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--at", default="02:30", show_default=True, help="Time of day, UTC, HH:MM.")
+@click.option("--schedule-file", default="celerybeat-schedule", show_default=True, help="Beat's state file.")
+def beat(
+    inputs: str,
+    model: str,
+    out: str,
+    template: str | None,
+    product: str | None,
+    chunk: int,
+    at: str,
+    schedule_file: str,
+) -> None:
+    """Every day at --at, enqueue the previous day's prefix <inputs>/YYYY-MM-DD/ as batch nightly-YYYY-MM-DD.
+
+    Runs Celery beat with an embedded worker on its own queue; see producer/nightly.py (and a cron line)."""
+    nightly = Nightly(
+        inputs=inputs, model=model, out=out, template=template, product=product, chunk=chunk, at=at
+    )
+    try:
+        nightly.crontab()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    err.print(f"nightly: {inputs}<yesterday>/ at {at} UTC -> {out}", highlight=False)
+    os.execve(
+        sys.executable, beat_argv(schedule_file), {**os.environ, NIGHTLY_ENV: nightly.model_dump_json()}
+    )
+
+
+BATCH_COMMANDS = (enqueue, status, wait, worker_command, dev_s3, beat)

@@ -11,6 +11,9 @@ Layout under ``OUT``::
     mvtec/test/good/...                  the other good crops (1 in 5)
     mvtec/test/<type>/...                crops of defective instances
     mvtec/ground_truth/<type>/<name>_mask.png
+
+Also the pieces of a synthetic *batch* in storage, for the distributed tests and benchmark: sheet
+images under ``line<k>/``, aligned OK crops to train on, and a published model (``LATEST``).
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from pipeline.images import encode_png
+from pipeline.segment import Segmenter
 from pipeline.synth import (
     TEMPLATE_HEIGHT,
     TEMPLATE_WIDTH,
@@ -30,7 +36,7 @@ from pipeline.synth import (
     generate_sheet,
     reference_template,
 )
-from worker.storage import LocalStorage
+from worker.storage import LocalStorage, Storage
 
 
 @dataclass
@@ -116,3 +122,35 @@ def _instance_record(inst: SheetInstance, crop_key: str) -> dict[str, object]:
         "defect": defect,
         "crop": crop_key,
     }
+
+
+def aligned_ok_crops(
+    segmenter: Segmenter, sheets: int, seed: int, spec: SheetSpec
+) -> list[NDArray[np.uint8]]:
+    """Aligned crops of ``sheets`` defect-free sheets, cut as ``defectscan train`` cuts them."""
+    crops: list[NDArray[np.uint8]] = []
+    for index in range(sheets):
+        clean = generate_sheet(seed, index, 0.0, spec).image
+        crops += segmenter.crops(clean, segmenter.find(clean, f"sheet {index}"))
+    return crops
+
+
+def publish_model(model_dir: Path, models: Storage, product: str) -> str:
+    """Copy a model directory to ``<models>/<product>/<version>/`` and promote it in ``LATEST``."""
+    version = str(json.loads((model_dir / "model.json").read_text())["version"])
+    for path in sorted(model_dir.iterdir()):
+        models.put(f"{product}/{version}/{path.name}", path.read_bytes())
+    models.put(f"{product}/LATEST", f"{version}\n".encode())
+    return version
+
+
+def write_sheet_images(
+    store: Storage, sheets: int, seed: int, defect_rate: float, spec: SheetSpec, folders: int = 2
+) -> list[str]:
+    """``sheets`` sheet PNGs under ``line<k>/`` folders of ``store``; their keys."""
+    keys = []
+    for index in range(sheets):
+        key = f"line{index % folders}/sheet_{index:03d}.png"
+        store.put(key, encode_png(generate_sheet(seed, index, defect_rate, spec).image))
+        keys.append(key)
+    return keys

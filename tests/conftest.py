@@ -19,6 +19,8 @@ from pipeline.synth import Sheet, generate_sheet, reference_template, render_ins
 from worker.dev_s3 import DevS3
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["DEFECTSCAN_BROKER_URL"] = "redis://127.0.0.1:6379/11"  # before worker.app reads it
+os.environ.pop("DEFECTSCAN_RESULT_BACKEND", None)
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +95,7 @@ def bucket(dev_s3: DevS3) -> str:
     return name
 
 
-REDIS_DB = 11  # the tests' own database; they delete only the keys they made
+REDIS_DB = 11  # the tests' own database (as DEFECTSCAN_BROKER_URL above); they delete only their keys
 
 
 @pytest.fixture(scope="session")

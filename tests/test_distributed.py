@@ -19,14 +19,15 @@ from pipeline.errors import ModelNotFoundError
 from pipeline.images import encode_png
 from pipeline.model import AnomalyModel, ModelConfig
 from pipeline.segment import Segmenter, SegmentOptions, parse_range
-from pipeline.synth import SheetSpec, generate_sheet, reference_template
+from pipeline.synth import SheetSpec, reference_template
 from producer.cli import cli
 from producer.enqueue import enqueue_batch
+from producer.synth_files import aligned_ok_crops, publish_model, write_sheet_images
 from worker.app import app
 from worker.batch_spec import BatchSpec
 from worker.batches import PREFIX
 from worker.dev_s3 import DevS3
-from worker.storage import S3Storage
+from worker.storage import LocalStorage, S3Storage
 from worker.tasks import inspect_keys
 
 SPEC = SheetSpec(width=1000, height=420, rows=1, cols=2)
@@ -62,25 +63,16 @@ def nightly(env: dict[str, str], dev_s3: DevS3, tmp_path_factory: pytest.TempPat
     dev_s3.create_bucket(bucket)
     store = S3Storage(bucket)
     local = tmp_path_factory.mktemp("nightly")
-    for index in range(SHEETS):
-        sheet = generate_sheet(seed=31, index=index, defect_rate=0.3, spec=SPEC)
-        data = encode_png(sheet.image)
-        store.put(f"nightly/2026-11-29/line{index % 2}/sheet_{index:03d}.png", data)
-        (local / f"line{index % 2}").mkdir(exist_ok=True)
-        (local / f"line{index % 2}" / f"sheet_{index:03d}.png").write_bytes(data)
+    keys = write_sheet_images(LocalStorage(local), SHEETS, seed=31, defect_rate=0.3, spec=SPEC)
+    for key in keys:
+        store.put(f"nightly/2026-11-29/{key}", (local / key).read_bytes())
     store.put("nightly/2026-11-29/line0/broken.png", b"\x89PNG\r\n\x1a\n truncated")
     store.put("nightly/2026-11-29/notes.txt", b"not an image: not listed")
     segmenter = Segmenter(reference_template(), SegmentOptions(angles=parse_range("-3:3:1")))
-    ok = []  # trained as `defectscan train` does: aligned crops of defect-free sheets
-    for index in range(12):
-        clean = generate_sheet(seed=99, index=index, defect_rate=0.0, spec=SPEC).image
-        ok += segmenter.crops(clean, segmenter.find(clean, "train"))
+    ok = aligned_ok_crops(segmenter, 12, seed=99, spec=SPEC)  # as `defectscan train` cuts them
     config = ModelConfig(image_size=128, coreset_ratio=0.1, tta_views=("identity",))
     model_dir = AnomalyModel.fit(ok, config).save(local.parent / "model")
-    version = json.loads((model_dir / "model.json").read_text())["version"]
-    for path in model_dir.iterdir():
-        store.put(f"models/foil/{version}/{path.name}", path.read_bytes())
-    store.put("models/foil/LATEST", f"{version}\n".encode())
+    version = publish_model(model_dir, store.child("models"), "foil")
     store.put("templates/foil.png", encode_png(reference_template()))
     return {"bucket": bucket, "local": str(local), "model_dir": str(model_dir), "version": version}
 

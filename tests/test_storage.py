@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.errors import UnreadableError
-from worker.dev_s3 import DevS3, free_ports
+from worker.dev_s3 import DevS3, S3Credentials, free_ports
 from worker.storage import (
     BadKeyError,
     LocalStorage,
@@ -106,3 +111,34 @@ def test_an_unreachable_store_is_unavailable_not_unreadable(tmp_path: Path) -> N
     with pytest.raises(StorageUnavailableError) as info:
         store.get("a.png")
     assert info.value.code == "storage_unavailable" and "s3://bucket/a.png" in str(info.value)
+
+
+def test_dev_s3_command_serves_until_interrupted_and_stops_its_store(tmp_path: Path) -> None:
+    data = tmp_path / "s3"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producer.cli", "dev-s3", str(data), "--bucket", "nightly-images"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        env_file = data / "s3.env"
+        deadline = time.monotonic() + 60
+        while not (env_file.is_file() and "AWS_SECRET_ACCESS_KEY" in env_file.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                proc.stderr.read() if proc.stderr else ""
+            )
+            time.sleep(0.2)
+        assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+        env = dict(line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines())
+        creds = S3Credentials(env["AWS_ENDPOINT_URL"], env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
+        assert [b["Name"] for b in creds.client().list_buckets()["Buckets"]] == ["nightly-images"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        _, stderr = proc.communicate()
+        assert env["AWS_SECRET_ACCESS_KEY"] not in stderr.decode()  # the secret is never printed
+        port = int(env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0  # the store is gone
+    finally:
+        if proc.poll() is None:
+            proc.kill()

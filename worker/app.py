@@ -10,7 +10,8 @@ Configuration comes from the environment, so a worker node needs only variables:
   that dies mid-task has its task redelivered, ``task_reject_on_worker_lost``).
 
 Tasks are routed by name: ``defectscan.inspect_chunk`` and ``defectscan.finalize_batch`` to the
-``inference`` queue, ``defectscan.retrain`` to ``retrain``.
+``inference`` queue, ``defectscan.retrain`` to ``retrain``, and the nightly enqueue to ``schedule``,
+which only the ``defectscan beat`` process consumes.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def make_app() -> Celery:
             "defectscan.inspect_chunk": {"queue": INFERENCE_QUEUE},
             "defectscan.finalize_batch": {"queue": INFERENCE_QUEUE},
             "defectscan.retrain": {"queue": RETRAIN_QUEUE},
+            "defectscan.enqueue_nightly": {"queue": "schedule"},  # the beat process (producer/nightly.py)
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

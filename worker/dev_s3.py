@@ -110,7 +110,8 @@ class DevS3:
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
-    def start(self, timeout: float = 60.0) -> S3Credentials:
+    def start(self, timeout: float = 60.0, buckets: tuple[str, ...] = ()) -> S3Credentials:
+        """Start the store, create ``buckets``, then write ``s3.env`` (its presence means ready)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         s3, master, volume, filer, admin = free_ports(5)
         s3 = self.s3_port or s3
@@ -143,6 +144,8 @@ class DevS3:
         log.close()
         self.credentials = creds
         self._wait_ready(creds, timeout)
+        for name in buckets:
+            self.create_bucket(name)
         env_file = self.data_dir / "s3.env"
         env_file.touch(mode=0o600)
         env_file.write_text("".join(f"export {k}={v}\n" for k, v in creds.env().items()))

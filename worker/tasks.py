@@ -7,7 +7,8 @@ which writes ``summary.json`` from the verdicts in storage and then ``_SUCCESS``
 
 * The batch's request (``batch.json``) and template are read once per process and batch; the pinned
   model comes from a per-process LRU cache (:mod:`worker.model_cache`), loaded on the first task.
-* While one image computes, the chunk's next images are being fetched on two threads. (Fetching the
+* While one image computes, the chunk's next images are being fetched on two threads, and the previous
+  image's files are being written on a third (in order: pictures, then verdict). (Fetching the
   *next chunk* would need the next task reserved, which ``worker_prefetch_multiplier=1`` with late
   acknowledgement rules out; the in-chunk pipeline gives the same overlap except at chunk edges.)
 * A model that cannot be loaded (unknown version, bad files) gives every image of the chunk an error
@@ -19,6 +20,7 @@ which writes ``summary.json`` from the verdicts in storage and then ``_SUCCESS``
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +45,18 @@ from worker.storage import Storage, StorageUnavailableError, open_storage
 log = logging.getLogger("defectscan.worker")
 MODELS = ModelCache()
 RETRYABLE = (StorageUnavailableError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+@lru_cache(maxsize=1)
+def configure_threads() -> int:
+    """``DEFECTSCAN_TORCH_THREADS`` intra-op threads for this process (default: torch's choice), so
+    several worker processes on one node do not oversubscribe its cores."""
+    import torch
+
+    wanted = int(os.environ.get("DEFECTSCAN_TORCH_THREADS", "0"))
+    if wanted > 0:
+        torch.set_num_threads(wanted)
+    return int(torch.get_num_threads())
 
 
 @lru_cache(maxsize=8)
@@ -103,12 +117,18 @@ def inspect_keys(spec: BatchSpec, segmenter: Segmenter | None, keys: list[str]) 
 )
 def inspect_chunk(batch_location: str, keys: list[str]) -> dict[str, Any]:
     start = time.perf_counter()
+    configure_threads()
     spec, segmenter = batch_context(batch_location)
     items = open_storage(batch_location).child(ITEMS)
     results: dict[str, str] = {}
-    for result in inspect_keys(spec, segmenter, keys):
-        write_inspection(items, result.verdict.image.key, result, spec.outputs)
-        results[result.verdict.image.key] = result.verdict.verdict
+    with ThreadPoolExecutor(1, thread_name_prefix="write") as writer:  # one image's files in order
+        pending = []
+        for result in inspect_keys(spec, segmenter, keys):
+            key = result.verdict.image.key
+            pending.append(writer.submit(write_inspection, items, key, result, spec.outputs))
+            results[key] = result.verdict.verdict
+        for done in pending:
+            done.result()  # every file is written before the chunk counts; a failure retries it
     book = BatchBook(spec.batch_id)
     counts = book.record(results)
     seconds = time.perf_counter() - start

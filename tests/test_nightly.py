@@ -1,0 +1,54 @@
+"""Nightly runs: beat's schedule, and the task that enqueues yesterday's prefix as a day-named batch."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from celery.schedules import crontab
+
+from pipeline.images import encode_png
+from pipeline.synth import reference_template
+from pipeline.verdict import ImageInfo, ModelInfo, Verdict
+from producer.nightly import Nightly, beat_schedule, enqueue_nightly
+from worker.app import app
+from worker.batches import PREFIX
+
+
+def test_the_schedule_fires_daily_at_the_hour_given() -> None:
+    entry = beat_schedule(Nightly(inputs="s3://b/n/", model="m", out="o", at="03:15"))["defectscan-nightly"]
+    assert entry["schedule"] == crontab(hour=3, minute=15) and entry["options"] == {"queue": "schedule"}
+    with pytest.raises(ValueError):
+        Nightly(inputs="i", model="m", out="o", at="25:00").crontab()
+
+
+def test_the_nightly_task_enqueues_yesterdays_prefix_once(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEFECTSCAN_BROKER_URL", redis_url)
+    app.conf.update(broker_url=redis_url)
+    queue = f"nightly-test-{uuid.uuid4().hex[:8]}"  # our own queue: its messages are ours to drop
+    monkeypatch.setitem(app.conf.task_routes, "defectscan.inspect_chunk", {"queue": queue})
+    for day in ("2026-11-27", "2026-11-28"):
+        (tmp_path / "in" / day).mkdir(parents=True)
+        (tmp_path / "in" / day / "a.png").write_bytes(encode_png(reference_template()))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.json").write_text(json.dumps({"version": "v1"}))
+    job = Nightly(inputs=str(tmp_path / "in"), model=str(model), out=str(tmp_path / "out")).model_dump()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert enqueue_nightly(job, today="2026-11-29") == "nightly-2026-11-28"
+        batch = json.loads((tmp_path / "out" / "nightly-2026-11-28" / "batch.json").read_text())
+        assert batch["inputs"] == str(tmp_path / "in" / "2026-11-28") and batch["images"] == 1
+        assert client.llen(queue) == 1
+        verdict = Verdict(image=ImageInfo(key="a.png"), model=ModelInfo(method="patchcore"), verdict="ok")
+        (tmp_path / "out" / "nightly-2026-11-28" / "items").mkdir()
+        (tmp_path / "out" / "nightly-2026-11-28" / "items" / "a.png.json").write_bytes(verdict.to_json())
+        enqueue_nightly(job, today="2026-11-29")  # a second tick: the same batch, nothing new to send
+        assert client.llen(queue) == 1
+    finally:
+        client.delete(queue, *client.scan_iter(f"{PREFIX}nightly-2026-11-28:*"))

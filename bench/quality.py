@@ -26,9 +26,12 @@ warnings.filterwarnings("ignore")
 from pipeline import fusion  # noqa: E402
 from pipeline.backbone import DEFAULT_LAYERS, LITE2, load_weights  # noqa: E402
 from pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
-from producer.datasets import mvtec_test_items, read_folder  # noqa: E402
-from producer.evaluation import run_evaluation  # noqa: E402
-from producer.local_segment import expand_inputs  # noqa: E402
+from worker.datasets import (  # noqa: E402
+    expand_inputs,
+    mvtec_test_items,
+    read_folder,
+)
+from worker.evaluation import run_evaluation  # noqa: E402
 
 
 def linked_copy(root: Path, count: int, out: Path) -> Path:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -170,9 +171,10 @@ class AnomalyModel:
     ) -> AnomalyModel:
         """Train on OK crops (RGB uint8, any sizes), calibrate, and return the model.
 
-        Example:
-            >>> model = AnomalyModel.fit(ok_crops, ModelConfig(method="patchcore"))
-            >>> [r.score for r in model.score(test_crops)]
+        Usage (``ok_crops`` and ``test_crops``: lists of RGB arrays)::
+
+            model = AnomalyModel.fit(ok_crops, ModelConfig(method="patchcore"))
+            scores = [r.score for r in model.score(test_crops)]
         """
         config = config or ModelConfig()
         if len(ok) < 2:
@@ -567,8 +569,11 @@ def reference_image(images: Sequence[NDArray[np.uint8]]) -> NDArray[np.uint8]:
 def _version_id(created: datetime, meta: dict[str, object], config: ModelConfig) -> str:
     training = meta.get("training", {})
     data_hash = training.get("sha256", "") if isinstance(training, dict) else ""
-    digest = hashlib.sha256(f"{data_hash}{asdict(config)}{created.isoformat()}".encode()).hexdigest()[:4]
-    return f"{created.strftime('%Y%m%dT%H%MZ')}-{digest}"
+    salt = secrets.token_hex(8)  # two trainings in the same second on the same data still differ
+    digest = hashlib.sha256(f"{data_hash}{asdict(config)}{created.isoformat()}{salt}".encode()).hexdigest()[
+        :6
+    ]
+    return f"{created.strftime('%Y%m%dT%H%M%SZ')}-{digest}"
 
 
 def _json_default(value: object) -> object:

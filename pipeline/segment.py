@@ -116,9 +116,13 @@ class Segmenter:
     """A template prepared for searching; reuse one for many images of the same product.
 
     Example:
-        >>> segmenter = Segmenter(template_rgb, SegmentOptions(angles=parse_range("-5:5:1")))
-        >>> detections = segmenter.find(sheet_rgb, "sheet_0001.png")
-        >>> crops = segmenter.crops(sheet_rgb, detections)
+        >>> from pipeline.synth import generate_sheet, reference_template
+        >>> sheet = generate_sheet(seed=1, index=0, defect_rate=0.0).image
+        >>> segmenter = Segmenter(reference_template(), SegmentOptions(angles=parse_range("-5:5:1")))
+        >>> detections = segmenter.find(sheet, "sheet_0000.png")
+        >>> crops = segmenter.crops(sheet, detections)
+        >>> len(detections), crops[0].shape == reference_template().shape
+        (8, True)
     """
 
     def __init__(self, template: NDArray[np.uint8], options: SegmentOptions | None = None) -> None:

@@ -25,6 +25,7 @@ from worker.app import INFERENCE_QUEUE, RETRAIN_QUEUE
 from worker.batches import BatchBook, BatchCounts
 from worker.dev_s3 import DevS3
 from worker.results import OutputOptions
+from worker.retrain import RetrainBook
 
 EXIT_TIMEOUT = 3
 
@@ -100,7 +101,10 @@ def _finished(book: BatchBook, counts: BatchCounts) -> bool:
 @click.argument("batch_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def status(batch_id: str, as_json: bool) -> None:
-    """Done, failed and pending counts of BATCH_ID."""
+    """Done, failed and pending counts of BATCH_ID; or the state of a retrain request (retrain-...)."""
+    if batch_id.startswith("retrain-"):
+        _retrain_status(batch_id, as_json)
+        return
     book = BatchBook(batch_id)
     counts = book.counts()
     if counts.total == 0:
@@ -112,6 +116,15 @@ def status(batch_id: str, as_json: bool) -> None:
         click.echo(json.dumps(row))
     else:
         click.echo(" ".join(f"{k} {v}" for k, v in row.items()))
+
+
+def _retrain_status(request_id: str, as_json: bool) -> None:
+    state = RetrainBook.read(request_id)
+    if not state:
+        raise click.ClickException(f"no retrain request {request_id!r} is known to the broker")
+    fields = ("state", "stage", "product", "version", "promoted", "reason", "error", "message")
+    row = {"request": request_id, **{k: state[k] for k in fields if state.get(k)}}
+    click.echo(json.dumps(row) if as_json else " ".join(f"{k} {v}" for k, v in row.items()))
 
 
 @click.command()

@@ -24,12 +24,14 @@ from pipeline.segment import Segmenter
 from pipeline.verdict import ModelInfo, Verdict
 from producer.batch_cli import BATCH_COMMANDS
 from producer.console import err, print_error, progress_bar
-from producer.datasets import ImageSet, mvtec_test_items, read_folder, read_pairs
-from producer.evaluation import print_metrics, run_evaluation, run_pair_evaluation
+from producer.evaluation import print_metrics
 from producer.inspect_files import run_inspection
-from producer.local_segment import SegmentationRecord, expand_inputs, segment_files
+from producer.local_segment import SegmentationRecord, segment_files
+from producer.models_cli import MODEL_COMMANDS
 from producer.options import search_options, segment_options
 from producer.synth_files import write_synthetic_set
+from worker.datasets import ImageSet, expand_inputs, mvtec_test_items, read_folder, read_pairs
+from worker.evaluation import run_evaluation, run_pair_evaluation
 from worker.results import OutputOptions
 from worker.storage import LocalStorage, read_local
 
@@ -391,7 +393,7 @@ def demo(out: Path, sheets: int) -> None:
     click.echo(f"model: {model_dir}   sample sheets: {data / 'sheets'}   ground truth: {data / 'truth'}")
 
 
-for _command in BATCH_COMMANDS:
+for _command in (*BATCH_COMMANDS, *MODEL_COMMANDS):
     cli.add_command(_command)
 
 

@@ -7,7 +7,8 @@
 3. A batch id that exists already keeps its request and manifest, whatever has changed since: a rerun
    inspects the same inputs with the same model. Inputs that have a verdict under ``items/`` are
    recorded as done; only the others are sent. Nothing pending and no ``_SUCCESS``: finalize is sent.
-4. One ``defectscan.inspect_chunk`` task per chunk of ``chunk`` keys, in manifest order.
+4. One ``defectscan.inspect_chunk`` task per chunk of ``chunk`` keys, in manifest order, on the
+   ``inference`` queue or the ``queue`` given (for example a queue per line, served by its own workers).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from pathlib import Path
 from pipeline.images import DEFAULT_MAX_PIXELS
 from pipeline.segment import SegmentOptions
 from pipeline.verdict import Verdict
-from producer.local_segment import IMAGE_SUFFIXES
 from worker.app import app
 from worker.batch_spec import ITEMS, MANIFEST, TEMPLATE_KEY, BatchSpec, absolute_location, manifest_keys
 from worker.batches import BatchBook
+from worker.datasets import IMAGE_SUFFIXES
 from worker.model_cache import resolve_model
 from worker.results import OutputOptions
 from worker.storage import Storage, open_storage, read_local
@@ -117,6 +118,7 @@ def enqueue_batch(
     min_area: int = 16,
     outputs: OutputOptions | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    queue: str | None = None,
     book_factory: Callable[[str], BatchBook] = BatchBook,
 ) -> Enqueued:
     batch_id = batch_id or new_batch_id()
@@ -151,9 +153,9 @@ def enqueue_batch(
     size = max(spec.chunk, 1)
     chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
     for part in chunks:
-        app.send_task("defectscan.inspect_chunk", args=[location, part])
+        app.send_task("defectscan.inspect_chunk", args=[location, part], queue=queue)
     finalize = False
     if not pending and not store.exists("_SUCCESS") and book.claim_finalize():
-        app.send_task("defectscan.finalize_batch", args=[location])
+        app.send_task("defectscan.finalize_batch", args=[location], queue=queue)
         finalize = True
     return Enqueued(batch_id, location, len(keys), len(pending), len(chunks), spec.model_version, finalize)

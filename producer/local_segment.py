@@ -8,8 +8,7 @@ naming it, and the run goes on.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from pipeline.images import DEFAULT_MAX_PIXELS, decode_image, encode_png
 from pipeline.segment import Detection, Segmenter
 from worker.storage import LocalStorage, read_local
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SCHEMA = "defectscan.segments/1"
 
 
@@ -67,20 +65,6 @@ class RunSummary:
     images: int = 0
     detections: int = 0
     failures: list[ErrorRecord] = field(default_factory=list)
-
-
-def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given, and image files (by suffix) found recursively in the folders given, sorted."""
-    out: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            out.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            )
-        else:
-            out.append(path)
-    return out
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:

@@ -39,6 +39,7 @@ class Nightly(BaseModel):
     template: str | None = None
     product: str | None = None
     chunk: int = 16
+    queue: str | None = None  # default: the inference queue
     at: str = "02:30"  # UTC, HH:MM
 
     def crontab(self) -> crontab:
@@ -66,7 +67,14 @@ def enqueue_nightly(job: dict[str, Any], today: str | None = None) -> str:
         nightly.inputs, date.fromisoformat(today) if today else datetime.now(UTC).date()
     )
     enqueue_batch(
-        prefix, nightly.model, nightly.out, batch_id, nightly.chunk, nightly.template, nightly.product
+        prefix,
+        nightly.model,
+        nightly.out,
+        batch_id,
+        nightly.chunk,
+        nightly.template,
+        nightly.product,
+        queue=nightly.queue,
     )
     return batch_id
 

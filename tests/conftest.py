@@ -6,6 +6,7 @@ import ipaddress
 import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 
 from pipeline.images import encode_png
 from pipeline.synth import Sheet, generate_sheet, reference_template, render_instance
+from worker.app import app
 from worker.dev_s3 import DevS3
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -95,6 +97,7 @@ def bucket(dev_s3: DevS3) -> str:
     return name
 
 
+ROOT = Path(__file__).resolve().parents[1]
 REDIS_DB = 11  # the tests' own database (as DEFECTSCAN_BROKER_URL above); they delete only their keys
 
 
@@ -135,3 +138,44 @@ def redis_url() -> str:
             except redis.exceptions.ConnectionError:
                 time.sleep(0.1)
     return url
+
+
+@pytest.fixture(scope="session")
+def env(dev_s3: DevS3, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The environment a worker node gets: broker, S3 endpoint and keys, a model cache."""
+    assert dev_s3.credentials is not None
+    values = {
+        **dev_s3.credentials.env(),
+        "DEFECTSCAN_BROKER_URL": redis_url,
+        "DEFECTSCAN_CACHE": str(tmp_path_factory.mktemp("cache")),
+        "HF_HUB_OFFLINE": "1",
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    app.conf.update(broker_url=redis_url, result_backend=redis_url)
+    yield values
+    for key, old in saved.items():
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def start_worker(
+    name: str, env: dict[str, str], log: Path, queues: str = "inference"
+) -> subprocess.Popen[bytes]:
+    """A real Celery worker subprocess (solo pool) on ``queues``, logging to ``log``."""
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.app:app",
+        "worker",
+        "--pool=solo",
+        "--queues=inference",
+    ]
+    args += [f"--hostname={name}@%h", "--loglevel=info", "--without-gossip", "--without-mingle"]
+    return subprocess.Popen(
+        args, cwd=ROOT, env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from pipeline.synth import SheetSpec, reference_template
 from producer.cli import cli
 from producer.enqueue import enqueue_batch
 from producer.synth_files import aligned_ok_crops, publish_model, write_sheet_images
-from worker.app import app
+from tests.conftest import start_worker
 from worker.batch_spec import BatchSpec
 from worker.batches import PREFIX
 from worker.dev_s3 import DevS3
@@ -33,27 +31,6 @@ from worker.tasks import inspect_keys
 SPEC = SheetSpec(width=1000, height=420, rows=1, cols=2)
 SHEETS = 40
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def env(dev_s3: DevS3, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """The environment a worker node gets: broker, S3 endpoint and keys, a model cache."""
-    assert dev_s3.credentials is not None
-    values = {
-        **dev_s3.credentials.env(),
-        "DEFECTSCAN_BROKER_URL": redis_url,
-        "DEFECTSCAN_CACHE": str(tmp_path_factory.mktemp("cache")),
-        "HF_HUB_OFFLINE": "1",
-    }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    app.conf.update(broker_url=redis_url, result_backend=redis_url)
-    yield values
-    for key, old in saved.items():
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
 
 
 @pytest.fixture(scope="module")
@@ -77,28 +54,11 @@ def nightly(env: dict[str, str], dev_s3: DevS3, tmp_path_factory: pytest.TempPat
     return {"bucket": bucket, "local": str(local), "model_dir": str(model_dir), "version": version}
 
 
-def _worker(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.app:app",
-        "worker",
-        "--pool=solo",
-        "--queues=inference",
-    ]
-    args += [f"--hostname={name}@%h", "--loglevel=info", "--without-gossip", "--without-mingle"]
-    return subprocess.Popen(
-        args, cwd=ROOT, env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT
-    )
-
-
 @pytest.fixture(scope="module")
 def workers(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Path]]:
     logs = tmp_path_factory.mktemp("workers")
     paths = [logs / "w1.log", logs / "w2.log"]
-    procs = [_worker(f"w{i + 1}", env, path) for i, path in enumerate(paths)]
+    procs = [start_worker(f"w{i + 1}", env, path) for i, path in enumerate(paths)]
     yield paths
     for proc in procs:
         proc.terminate()

@@ -31,14 +31,15 @@ def test_the_nightly_task_enqueues_yesterdays_prefix_once(
     monkeypatch.setenv("DEFECTSCAN_BROKER_URL", redis_url)
     app.conf.update(broker_url=redis_url)
     queue = f"nightly-test-{uuid.uuid4().hex[:8]}"  # our own queue: its messages are ours to drop
-    monkeypatch.setitem(app.conf.task_routes, "defectscan.inspect_chunk", {"queue": queue})
     for day in ("2026-11-27", "2026-11-28"):
         (tmp_path / "in" / day).mkdir(parents=True)
         (tmp_path / "in" / day / "a.png").write_bytes(encode_png(reference_template()))
     model = tmp_path / "model"
     model.mkdir()
     (model / "model.json").write_text(json.dumps({"version": "v1"}))
-    job = Nightly(inputs=str(tmp_path / "in"), model=str(model), out=str(tmp_path / "out")).model_dump()
+    job = Nightly(
+        inputs=str(tmp_path / "in"), model=str(model), out=str(tmp_path / "out"), queue=queue
+    ).model_dump()
     client = redis.Redis.from_url(redis_url)
     try:
         assert enqueue_nightly(job, today="2026-11-29") == "nightly-2026-11-28"
@@ -48,7 +49,12 @@ def test_the_nightly_task_enqueues_yesterdays_prefix_once(
         verdict = Verdict(image=ImageInfo(key="a.png"), model=ModelInfo(method="patchcore"), verdict="ok")
         (tmp_path / "out" / "nightly-2026-11-28" / "items").mkdir()
         (tmp_path / "out" / "nightly-2026-11-28" / "items" / "a.png.json").write_bytes(verdict.to_json())
-        enqueue_nightly(job, today="2026-11-29")  # a second tick: the same batch, nothing new to send
-        assert client.llen(queue) == 1
+        enqueue_nightly(job, today="2026-11-29")  # a second tick: the same batch, no image sent again
+        sent = [json.loads(m)["headers"]["task"] for m in client.lrange(queue, 0, -1)]
+        assert sorted(sent) == ["defectscan.finalize_batch", "defectscan.inspect_chunk"]  # all done: finalize
     finally:
-        client.delete(queue, *client.scan_iter(f"{PREFIX}nightly-2026-11-28:*"))
+        ours = [
+            *client.scan_iter(f"{PREFIX}nightly-2026-11-28:*"),
+            *client.scan_iter(f"_kombu.binding*.{queue}"),
+        ]
+        client.delete(queue, *ours)

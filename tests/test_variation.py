@@ -18,7 +18,7 @@ from pipeline.pairs import PairComparer, align
 from pipeline.synth import instance_crops, reference_template, render_instance
 from pipeline.variation import normal_variants
 from producer.cli import cli
-from producer.datasets import read_pairs
+from worker.datasets import read_pairs
 
 CONFIG = {"image_size": 256, "batch_size": 8, "coreset_ratio": 0.1}
 # a few-pixel colour defect, 3 x 3 crop pixels, inside flat ink: places and colour change (R, G, B)

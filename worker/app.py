@@ -33,7 +33,7 @@ def make_app() -> Celery:
     if not 0 < soft < hard:
         raise ValueError(f"DEFECTSCAN_SOFT_TIME_LIMIT ({soft}) must be below DEFECTSCAN_TIME_LIMIT ({hard})")
     broker = broker_url()
-    celery = Celery("defectscan", include=["worker.tasks"])
+    celery = Celery("defectscan", include=["worker.tasks", "worker.retrain"])
     celery.conf.update(
         broker_url=broker,
         result_backend=os.environ.get("DEFECTSCAN_RESULT_BACKEND", broker),

@@ -27,6 +27,7 @@ from pipeline.errors import ModelFormatError, ModelNotFoundError
 if TYPE_CHECKING:
     from pipeline.model import AnomalyModel
 
+from worker.registry import registry_location
 from worker.storage import LocalStorage, Storage, is_remote, join_key, open_storage
 
 MODEL_FILES = ("model.json", "model.safetensors", "reference.png", "regions.png")
@@ -50,7 +51,10 @@ def _model_json(store: Storage, where: str) -> dict[str, object]:
 
 
 def resolve_model(location: str) -> tuple[str, str]:
-    """``(model directory location, version)`` for a directory, ``PRODUCT@latest`` or ``PRODUCT@VERSION``."""
+    """``(model directory location, version)`` for a directory, ``<models>/PRODUCT@latest`` or
+    ``@VERSION``; a bare ``PRODUCT@...`` goes through the registry (``DEFECTSCAN_REGISTRY``)."""
+    if "@" in location and "/" not in location:  # PRODUCT@latest: through the registry
+        location = f"{registry_location()}/{location}"
     base, tag = _split(location)
     if tag is not None:
         if tag == "latest":

@@ -8,7 +8,8 @@ trains, and the summary says which were skipped.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,23 @@ from numpy.typing import NDArray
 
 from pipeline.errors import DefectscanError, InvalidArgumentError
 from pipeline.images import decode_image
-from producer.local_segment import expand_inputs
 from worker.storage import read_local
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given, and image files (by suffix) found recursively in the folders given, sorted."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(
+                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            )
+        else:
+            out.append(path)
+    return out
 
 
 @dataclass

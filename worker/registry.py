@@ -1,0 +1,97 @@
+"""The model registry in storage: versions per product, and the promoted one.
+
+Layout under the registry root (``DEFECTSCAN_REGISTRY``, e.g. ``s3://bucket/models``, or ``--registry``)::
+
+    <product>/<version>/    model.json, model.safetensors, reference.png, regions.png,
+                            metrics.json, MODEL_CARD.md
+    <product>/LATEST        the promoted version id
+
+Version ids are ``<UTC time to the second>-<6 hex>`` (:func:`pipeline.model.new_version_id`), so they
+sort by time and two trainings in the same second still differ. A version is published by copying its
+files with ``model.json`` last: a version folder without ``model.json`` is incomplete and not listed.
+Promotion rewrites ``LATEST`` (one whole object); batches resolve ``@latest`` once, when they are
+enqueued, so a promotion never changes a running batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import ModelNotFoundError
+from worker.storage import Storage, join_key, open_storage
+
+REGISTRY_ENV = "DEFECTSCAN_REGISTRY"
+CARD = "MODEL_CARD.md"
+METRICS = "metrics.json"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    method: str
+    created_at: str
+    metrics: dict[str, object]
+    latest: bool
+
+
+def registry_location(explicit: str | None = None) -> str:
+    location = explicit or os.environ.get(REGISTRY_ENV)
+    if not location:
+        raise ModelNotFoundError("registry", f"no registry: give --registry or set {REGISTRY_ENV}")
+    return location.rstrip("/")
+
+
+class Registry:
+    def __init__(self, location: str) -> None:
+        self.location = location.rstrip("/")
+        self.store: Storage = open_storage(self.location)
+
+    def model_location(self, product: str, version: str) -> str:
+        return f"{self.location}/{join_key(product, version)}"
+
+    def latest(self, product: str) -> str | None:
+        key = join_key(product, "LATEST")
+        if not self.store.exists(key):
+            return None
+        return self.store.get(key).decode().strip() or None
+
+    def versions(self, product: str) -> list[VersionInfo]:
+        """Every complete version of ``product``, oldest first."""
+        latest = self.latest(product)
+        out = []
+        for folder in self.store.folders(join_key(product)):
+            version = folder.rstrip("/").rsplit("/", 1)[-1]
+            key = join_key(product, version)
+            if not self.store.exists(f"{key}/model.json"):
+                continue
+            doc = json.loads(self.store.get(f"{key}/model.json"))
+            metrics_key = f"{key}/{METRICS}"
+            metrics = json.loads(self.store.get(metrics_key)) if self.store.exists(metrics_key) else {}
+            method = str(doc.get("config", {}).get("method", ""))
+            out.append(
+                VersionInfo(version, method, str(doc.get("created_at", "")), metrics, version == latest)
+            )
+        return sorted(out, key=lambda v: v.version)
+
+    def publish(self, product: str, model_dir: Path, metrics: dict[str, object], card: str) -> str:
+        """Copy a saved model with its metrics and card to ``<product>/<version>/``; the version."""
+        version = str(json.loads((model_dir / "model.json").read_text())["version"])
+        base = join_key(product, version)
+        self.store.put(
+            f"{base}/{METRICS}", (json.dumps(metrics, indent=2) + "\n").encode(), "application/json"
+        )
+        self.store.put(f"{base}/{CARD}", card.encode(), "text/markdown")
+        for path in sorted(model_dir.iterdir()):
+            if path.is_file() and path.name != "model.json":
+                self.store.put(f"{base}/{path.name}", path.read_bytes())
+        self.store.put(f"{base}/model.json", (model_dir / "model.json").read_bytes(), "application/json")
+        return version
+
+    def promote(self, product: str, version: str) -> None:
+        if not self.store.exists(join_key(product, version, "model.json")):
+            known = ", ".join(v.version for v in self.versions(product)) or "none"
+            raise ModelNotFoundError(f"{product}@{version}", f"no such version (known: {known})")
+        self.store.put(join_key(product, "LATEST"), f"{version}\n".encode(), "text/plain")

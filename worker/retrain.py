@@ -1,0 +1,295 @@
+"""Retraining on its own queue: train a new version from OK images in storage, register it, maybe promote.
+
+``defectscan retrain PRODUCT --ok s3://.../ok/`` takes the product's lock, records the request and sends
+``defectscan.retrain`` to the ``retrain`` queue, which only workers started with ``--queues retrain``
+consume. The task:
+
+1. reads every image under ``ok`` (and ``aux``) from storage; with a template, cuts the aligned crops of
+   every instance (as inspection will), else trains on whole images;
+2. trains and calibrates (:meth:`pipeline.model.AnomalyModel.fit`), and with ``val`` (an MVTec-layout
+   prefix) evaluates the new model *and* the current ``LATEST`` on the same validation images;
+3. publishes the version with ``metrics.json`` and ``MODEL_CARD.md`` (:mod:`worker.registry`);
+4. promotes it by the rule of ``promote``: ``always``; ``never``; ``auto`` (the default) promotes when
+   there is no ``LATEST`` yet, or when validation shows it is not worse: image AUROC and, where the
+   validation set has masks, pixel AUROC each at least the current version's minus ``GATE_TOLERANCE``
+   (0.005, the noise of a few hundred images). Without validation data ``auto`` does not replace an
+   existing ``LATEST``: there is no evidence to.
+
+**One retrain per product at a time**: a Redis lock (``defectscan:retrain-lock:<product>``, redis-py's
+token lock, expiring after ``LOCK_TTL_S``) is taken when the request is made and released by the task
+when it ends, however it ends. A second request while it is held is refused, naming the running one.
+
+A retrain runs for at most ``RETRAIN_TIME_LIMIT_S`` (2 h) and is acknowledged when a worker takes it
+(not late, as inference chunks are): it outlasts the broker's visibility timeout, and redelivering an
+hour of training is worse than asking again. If its worker dies, the request stays ``running`` until the
+lock expires (10 minutes after the time limit); then a new request goes through.
+
+**Progress and result** are in a Redis hash per request (``state`` queued, running, done or failed;
+``stage``; ``version``, ``promoted`` and the reason; ``error`` and ``message`` on failure), read by
+``defectscan status <request id>``. A failed retrain never touches ``LATEST``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel
+
+from pipeline.errors import DefectscanError, InvalidArgumentError
+from pipeline.images import decode_image
+from worker.app import app
+from worker.batches import TTL_S, connect
+from worker.datasets import IMAGE_SUFFIXES, mvtec_test_items
+from worker.registry import Registry
+from worker.storage import Storage, open_storage
+
+log = logging.getLogger("defectscan.retrain")
+RETRAIN_TIME_LIMIT_S = 2 * 3600
+LOCK_TTL_S = RETRAIN_TIME_LIMIT_S + 600  # the lock outlives the longest retrain
+GATE_TOLERANCE = 0.005
+
+
+class TrainingDataError(DefectscanError):
+    """The training images are missing or none of them can be used."""
+
+    code = "no_training_data"
+
+
+class RetrainBusyError(DefectscanError):
+    """A retrain of the same product is already running."""
+
+    code = "retrain_running"
+
+
+class RetrainRequest(BaseModel):
+    model_config = {"protected_namespaces": ()}
+
+    request_id: str
+    product: str
+    registry: str
+    ok: str
+    template: str | None = None
+    aux: str | None = None
+    aux_weight: float = 0.1
+    val: str | None = None
+    promote: Literal["auto", "never", "always"] = "auto"
+    method: str = "patchcore"
+    image_size: int = 256
+    requested_at: str = ""
+
+
+class RetrainBook:
+    """The request's state and the product's lock, in Redis."""
+
+    def __init__(self, product: str, request_id: str, client: Any = None) -> None:
+        self.product, self.request_id = product, request_id
+        self.client = client if client is not None else connect()
+        self.lock = self.client.lock(f"defectscan:retrain-lock:{product}", timeout=LOCK_TTL_S)
+
+    @staticmethod
+    def state_key(request_id: str) -> str:
+        return f"defectscan:retrain:{request_id}"
+
+    def acquire(self) -> None:
+        """Take the product's lock for this request, or say which request holds it."""
+        if not self.lock.acquire(blocking=False, token=self.request_id):
+            holder = self.client.get(self.lock.name)
+            running = holder.decode() if holder else "another request"
+            raise RetrainBusyError(self.product, f"a retrain is already running: {running}")
+
+    def release(self) -> None:
+        self.lock.local.token = self.request_id.encode()
+        try:
+            self.lock.release()
+        except redis.exceptions.LockError:
+            log.warning(
+                "retrain %s: the lock of %s had expired or changed hands", self.request_id, self.product
+            )
+
+    def update(self, **fields: object) -> None:
+        key = self.state_key(self.request_id)
+        values = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in fields.items()}
+        pipe = self.client.pipeline()
+        pipe.hset(key, mapping={**values, "updated_at": _now()})
+        pipe.expire(key, TTL_S)
+        pipe.execute()
+
+    @classmethod
+    def read(cls, request_id: str, client: Any = None) -> dict[str, str]:
+        client = client if client is not None else connect()
+        raw = client.hgetall(cls.state_key(request_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def read_images(location: str) -> tuple[list[Any], list[str], list[str]]:
+    """Decoded images under ``location`` (by suffix, key order), their keys, and the skipped ones' errors."""
+    store = open_storage(location)
+    images, names, skipped = [], [], []
+    for obj in store.objects():
+        if Path(obj.key).suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            images.append(decode_image(store.get(obj.key), f"{location.rstrip('/')}/{obj.key}"))
+            names.append(obj.key)
+        except DefectscanError as exc:
+            skipped.append(str(exc))
+    return images, names, skipped
+
+
+def download(store: Storage, dest: Path) -> Path:
+    """Every object under ``store`` into the folder ``dest`` (keys are checked, so they stay inside)."""
+    for obj in store.objects():
+        target = dest.joinpath(*obj.key.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(store.get(obj.key))
+    return dest
+
+
+def model_card(
+    req: RetrainRequest, version: str, metrics: dict[str, Any], promoted: bool, reason: str
+) -> str:
+    training = metrics.get("training", {})
+    validation = metrics.get("validation") or {}
+    lines = [
+        f"# {req.product} {version}",
+        "",
+        f"* Method: {req.method}, image size {req.image_size}, trained {metrics.get('trained_at', '')}",
+        f"* Data: {training.get('images', 0)} OK images from `{req.ok}` "
+        f"({training.get('skipped', 0)} skipped), "
+        f"{training.get('crops', 0)} {'aligned crops' if req.template else 'whole images'}"
+        + (f"; auxiliary images from `{req.aux}` at weight {req.aux_weight}" if req.aux else ""),
+        f"* Threshold: {metrics.get('threshold')} ({metrics.get('threshold_rule')})",
+        f"* Validation: `{req.val}`" if req.val else "* Validation: none",
+    ]
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_at_threshold"):
+        if validation.get(key) is not None:
+            lines.append(f"  * {key}: {validation[key]:.4f}")
+    lines += [f"* Promoted: {'yes' if promoted else 'no'} ({reason})", f"* Request: {req.request_id}", ""]
+    return "\n".join(lines)
+
+
+def gate(
+    mode: str, new: dict[str, Any] | None, current: dict[str, Any] | None, has_latest: bool
+) -> tuple[bool, str]:
+    """Whether to promote, and why (the rule in the module docstring)."""
+    if mode == "always":
+        return True, "promote=always"
+    if mode == "never":
+        return False, "promote=never"
+    if not has_latest:
+        return True, "first version of the product"
+    if new is None or current is None:
+        return False, "auto: no validation data to compare with the current version"
+    for key in ("image_auroc", "pixel_auroc"):
+        ours, theirs = new.get(key), current.get(key)
+        if ours is None or theirs is None:
+            continue
+        if ours < theirs - GATE_TOLERANCE:
+            return False, f"auto: {key} {ours:.4f} is below the current version's {theirs:.4f}"
+    return True, "auto: validation not worse than the current version"
+
+
+def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
+    """Train, evaluate, publish and maybe promote (the steps in the module docstring)."""
+    from pipeline.model import AnomalyModel, ModelConfig
+    from pipeline.segment import Segmenter
+    from worker.evaluation import run_evaluation
+
+    book.update(state="running", stage="reading images")
+    images, names, skipped = read_images(req.ok)
+    if not images:
+        detail = f"{len(skipped)} unreadable: {skipped[0]}" if skipped else "no images under it"
+        raise TrainingDataError(req.ok, f"no usable OK images ({detail})")
+    aux = read_images(req.aux)[0] if req.aux else []
+    crops: list[Any] = images
+    if req.template:
+        parent, _, name = req.template.rstrip("/").rpartition("/")
+        segmenter = Segmenter(decode_image(open_storage(parent).get(name), req.template))
+        book.update(stage="segmenting")
+        crops = [
+            c
+            for image, key in zip(images, names, strict=True)
+            for c in segmenter.crops(image, segmenter.find(image, key))
+        ]
+        if not crops:
+            raise TrainingDataError(req.ok, "the template was found in none of the OK images")
+    book.update(stage="training")
+    start = time.perf_counter()
+    config = ModelConfig(method=req.method, image_size=req.image_size)
+    model = AnomalyModel.fit(crops, config, aux=aux, aux_weight=req.aux_weight, names=names)
+    registry = Registry(req.registry)
+    latest = registry.latest(req.product)
+    metrics: dict[str, Any] = {
+        "training": {"images": len(images), "skipped": len(skipped), "crops": len(crops), "aux": len(aux)},
+        "fit_s": round(time.perf_counter() - start, 2),
+        "threshold": model.calibration.threshold,
+        "threshold_rule": model.calibration.rule,
+        "trained_at": _now(),
+        "validation": None,
+    }
+    current_metrics = None
+    with tempfile.TemporaryDirectory(prefix="defectscan-retrain-") as tmp:
+        if req.val:
+            book.update(stage="validating")
+            items = mvtec_test_items(download(open_storage(req.val), Path(tmp) / "val"))
+            if not items:
+                raise InvalidArgumentError(req.val, "no test images in MVTec layout (test/<type>/...)")
+            metrics["validation"] = _headline(run_evaluation(model, items))
+            if latest is not None:
+                from worker.model_cache import ModelCache
+
+                current = ModelCache(1, Path(tmp) / "cache").get(
+                    registry.model_location(req.product, latest), latest
+                )
+                current_metrics = _headline(run_evaluation(current, items))
+                metrics["validation_of_latest"] = {"version": latest, **current_metrics}
+        promoted, reason = gate(req.promote, metrics["validation"], current_metrics, latest is not None)
+        book.update(stage="publishing")
+        model_dir = model.save(Path(tmp) / "model")
+        version = str(json.loads((model_dir / "model.json").read_text())["version"])
+        card = model_card(req, version, metrics, promoted, reason)
+        registry.publish(req.product, model_dir, {**metrics, "promoted": promoted, "reason": reason}, card)
+    if promoted:
+        registry.promote(req.product, version)
+    return {"version": version, "promoted": promoted, "reason": reason, "previous": latest}
+
+
+def _headline(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("images", "image_auroc", "pixel_auroc", "aupro", "f1_at_threshold")
+    return {k: result.get(k) for k in keys}
+
+
+@app.task(
+    name="defectscan.retrain",
+    ignore_result=True,
+    acks_late=False,  # acknowledged on receipt: a retrain outlasts the broker's visibility timeout
+    soft_time_limit=RETRAIN_TIME_LIMIT_S - 300,
+    time_limit=RETRAIN_TIME_LIMIT_S,
+)
+def retrain(request: dict[str, Any]) -> None:
+    req = RetrainRequest.model_validate(request)
+    book = RetrainBook(req.product, req.request_id)
+    try:
+        outcome = run_retrain(req, book)
+    except DefectscanError as exc:
+        book.update(state="failed", stage="", error=exc.code, message=str(exc))
+        log.warning("retrain %s of %s failed: %s", req.request_id, req.product, exc)
+    except Exception as exc:
+        book.update(state="failed", stage="", error="internal", message=f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        book.update(state="done", stage="", **{k: v for k, v in outcome.items() if v is not None})
+        log.info("retrain %s of %s: %s", req.request_id, req.product, outcome)
+    finally:
+        book.release()

@@ -173,7 +173,7 @@ def start_worker(
         "worker.app:app",
         "worker",
         "--pool=solo",
-        "--queues=inference",
+        f"--queues={queues}",
     ]
     args += [f"--hostname={name}@%h", "--loglevel=info", "--without-gossip", "--without-mingle"]
     return subprocess.Popen(

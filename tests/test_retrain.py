@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from pipeline.images import encode_png
@@ -17,12 +18,14 @@ from pipeline.synth import SheetSpec, reference_template
 from producer.cli import cli
 from producer.synth_files import write_sheet_images, write_synthetic_set
 from tests.conftest import start_worker
+from worker.batches import PREFIX
 from worker.dev_s3 import DevS3
 from worker.registry import Registry
 from worker.retrain import RetrainBook, RetrainBusyError, gate
 from worker.storage import LocalStorage, S3Storage
 
 SPEC = SheetSpec(width=1000, height=420, rows=1, cols=2)
+REQUESTS: list[str] = []  # the retrain requests this module made; their Redis state is deleted at the end
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +53,8 @@ def workers(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
     paths = {"retrain": logs / "retrain.log", "inference": logs / "inference.log"}
     procs = [start_worker(f"{q}-w", env, path, queues=q) for q, path in paths.items()]
     yield paths
+    client = redis.Redis.from_url(env["DEFECTSCAN_BROKER_URL"])
+    client.delete(*[RetrainBook.state_key(r) for r in REQUESTS] or ["-"])
     for proc in procs:
         proc.terminate()
     for proc in procs:
@@ -72,7 +77,9 @@ def _retrain(data: dict[str, str], *extra: str, ok: str = "ok/") -> str:
     args += ["--registry", data["registry"], "--image-size", "128", *extra]
     result = CliRunner().invoke(cli, args, standalone_mode=False)
     assert result.exception is None, result.output
-    return str(result.return_value or result.stdout.strip().splitlines()[-1])
+    request_id = result.stdout.strip().splitlines()[-1]
+    REQUESTS.append(request_id)
+    return request_id
 
 
 def _finished(request_id: str, timeout: float = 300.0) -> dict[str, str]:
@@ -130,8 +137,11 @@ def test_retrain_registers_versions_promotes_by_the_gate_and_batches_use_latest(
     verdicts = [json.loads(results.get(o.key)) for o in results.objects() if o.key.endswith(".png.json")]
     assert len(verdicts) == 4 and {v["model"]["version"] for v in verdicts} == {v2}
 
-    assert "defectscan.retrain" in workers["retrain"].read_text()
-    assert "defectscan.retrain" not in workers["inference"].read_text()  # inference never takes it
+    taken = "Task defectscan.retrain["  # Celery logs each task a worker receives
+    assert taken in workers["retrain"].read_text()
+    assert taken not in workers["inference"].read_text()  # inference workers never take a retrain
+    client = redis.Redis.from_url(env["DEFECTSCAN_BROKER_URL"])
+    client.delete(*client.scan_iter(f"{PREFIX}{batch_id}:*"))
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from producer.evaluation import print_metrics
 from producer.inspect_files import run_inspection
 from producer.local_segment import SegmentationRecord, segment_files
 from producer.models_cli import MODEL_COMMANDS
+from producer.ops_cli import OPS_COMMANDS
 from producer.options import search_options, segment_options
 from producer.synth_files import write_synthetic_set
 from worker.datasets import ImageSet, expand_inputs, mvtec_test_items, read_folder, read_pairs
@@ -393,7 +394,7 @@ def demo(out: Path, sheets: int) -> None:
     click.echo(f"model: {model_dir}   sample sheets: {data / 'sheets'}   ground truth: {data / 'truth'}")
 
 
-for _command in (*BATCH_COMMANDS, *MODEL_COMMANDS):
+for _command in (*BATCH_COMMANDS, *MODEL_COMMANDS, *OPS_COMMANDS):
     cli.add_command(_command)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +25,12 @@ from producer.synth_files import aligned_ok_crops, publish_model, write_sheet_im
 from tests.conftest import start_worker
 from worker.batch_spec import BatchSpec
 from worker.batches import PREFIX
-from worker.dev_s3 import DevS3
+from worker.dev_s3 import DevS3, free_ports
 from worker.storage import LocalStorage, S3Storage
 from worker.tasks import inspect_keys
 
 SPEC = SheetSpec(width=1000, height=420, rows=1, cols=2)
+METRICS_PORTS: list[int] = []  # each worker's Prometheus port
 SHEETS = 40
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +60,12 @@ def nightly(env: dict[str, str], dev_s3: DevS3, tmp_path_factory: pytest.TempPat
 def workers(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Path]]:
     logs = tmp_path_factory.mktemp("workers")
     paths = [logs / "w1.log", logs / "w2.log"]
-    procs = [start_worker(f"w{i + 1}", env, path) for i, path in enumerate(paths)]
+    ports = free_ports(2)
+    procs = [
+        start_worker(f"w{i + 1}", {**env, "DEFECTSCAN_METRICS_PORT": str(port)}, path)
+        for i, (path, port) in enumerate(zip(paths, ports, strict=True))
+    ]
+    METRICS_PORTS[:] = ports
     yield paths
     for proc in procs:
         proc.terminate()
@@ -118,6 +125,15 @@ def test_a_nightly_batch_runs_on_two_workers_and_reruns_idempotently(
 
         chunks = [_chunk_lines(path) for path in workers]
         assert all(n > 0 for n in chunks) and sum(chunks) == (SHEETS + 1 + 1) // 2  # both took chunks
+
+        scraped = [_scrape(port) for port in METRICS_PORTS]  # every worker counted what it did
+        assert sum(m.get('defectscan_images_total{verdict="error"}', 0) for m in scraped) == 1
+        assert (
+            sum(v for m in scraped for k, v in m.items() if k.startswith("defectscan_images_total"))
+            == SHEETS + 1
+        )
+        assert all(m['defectscan_queue_depth{queue="inference"}'] == 0 for m in scraped)
+        assert all(m["defectscan_chunk_seconds_count"] > 0 for m in scraped)
 
         status = CliRunner().invoke(cli, ["status", batch_id, "--json"])
         assert json.loads(status.stdout) == {
@@ -198,3 +214,14 @@ def test_a_model_gone_after_enqueue_gives_each_image_an_error_verdict(
     assert all(
         "models/foil/19990101" in (r.verdict.error.message if r.verdict.error else "") for r in results
     )
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """A worker's /metrics as {sample with labels: value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

@@ -35,6 +35,7 @@ from pipeline.images import decode_image
 from pipeline.inspection import Inspection, inspect_image
 from pipeline.segment import Segmenter
 from pipeline.verdict import ErrorInfo, ImageInfo, ModelInfo, Verdict
+from worker import metrics
 from worker.app import app
 from worker.batch_spec import ITEMS, TEMPLATE_KEY, BatchSpec, manifest_keys
 from worker.batches import BatchBook
@@ -118,6 +119,7 @@ def inspect_keys(spec: BatchSpec, segmenter: Segmenter | None, keys: list[str]) 
 def inspect_chunk(batch_location: str, keys: list[str]) -> dict[str, Any]:
     start = time.perf_counter()
     configure_threads()
+    metrics.serve()
     spec, segmenter = batch_context(batch_location)
     items = open_storage(batch_location).child(ITEMS)
     results: dict[str, str] = {}
@@ -127,11 +129,13 @@ def inspect_chunk(batch_location: str, keys: list[str]) -> dict[str, Any]:
             key = result.verdict.image.key
             pending.append(writer.submit(write_inspection, items, key, result, spec.outputs))
             results[key] = result.verdict.verdict
+            metrics.observe(result.verdict)
         for done in pending:
             done.result()  # every file is written before the chunk counts; a failure retries it
     book = BatchBook(spec.batch_id)
     counts = book.record(results)
     seconds = time.perf_counter() - start
+    metrics.CHUNK_SECONDS.observe(seconds)
     log.info(
         "batch %s: chunk of %d images in %.2f s (%.2f img/s); batch %d/%d done, %d failed",
         spec.batch_id,

@@ -10,19 +10,21 @@ therefore weigh the classes *of the printed part* of the region (text, edge band
 
 1. ``other`` when less than 10 % of the region is on the print (a defect on the substrate);
 2. ``blurry_text`` when text is at least half of its printed part;
-3. ``structural`` when the structure-edge band is at least half of its printed part *and* the change is
-   one of shape, not colour: a malformed structure turns print into substrate or substrate into print,
-   so the changed pixels keep colours on the line through the reference's mean print and mean substrate
-   colours (blends included). When more than half of the changed pixels (RGB distance to the reference
-   over 25) lie more than 25 RGB units off that line (``foreign_colour``), a new colour came in: a
-   scratch or stain across the edges, ``color_scratch``;
+3. ``structural`` when the change is one of shape: among the region's changed pixels (RGB distance to
+   the reference over 25), at least half of the strong changes (by half the contrast between the
+   reference's mean print and substrate colours, or more) flipped class - print became substrate or
+   substrate became print, crossing the midpoint between the two colours (``flipped``; the partial
+   changes of blurred edges are not counted) - and at most half took a colour off the
+   line through the reference's mean print and substrate colours (``foreign_colour``: a new colour
+   came in, as a scratch or a stain does). With fewer than 5 changed pixels the region's classes decide
+   instead: ``structural`` when the edge band is at least half of its printed part;
 4. ``color_scratch`` otherwise: it lies within the structure.
 
 **Evidence** (in the verdict), against the reference image inside the region's box:
 ``sharpness_ratio`` (variance of the Laplacian, crop over reference; below 1 is blurrier),
 ``structure_iou`` (the crop's print, binarised at the reference's Otsu level, against the reference's
-structure mask), ``delta_e`` (mean CIEDE2000 colour difference over the region), ``foreign_colour`` (rule
-3) and ``elongation`` (of the region's minimum-area rectangle).
+structure mask), ``delta_e`` (mean CIEDE2000 colour difference over the region), ``flipped`` and
+``foreign_colour`` (rule 3) and ``elongation`` (of the region's minimum-area rectangle).
 
 **Severity** (0-100): ``100 * (1 - exp(-(a + e + v)))`` with the area term ``a = area_pct / 10``, the
 excess term ``e = (peak / threshold - 1) / 2`` and the type's evidence term ``v``: ``1 -
@@ -49,6 +51,7 @@ from pipeline.verdict import Defect
 
 DEFAULT_LEVELS = (0.0, 40.0, 70.0)
 FOREIGN_RGB = 25.0  # RGB distance: a pixel that changed, and a colour off the print-substrate line
+MIN_CHANGED = 5  # changed pixels needed to judge a region by its change
 
 
 def find_regions(
@@ -102,8 +105,8 @@ def grade_regions(
         if reference is not None:
             evidence.update(_evidence(crop[y0:y1, x0:x1], reference[y0:y1, x0:x1], mask[y0:y1, x0:x1]))
             if regions is not None:
-                evidence["foreign_colour"] = round(_foreign_share(crop, reference, regions, mask), 4)
-        kind = _type(mask, regions, evidence.get("foreign_colour", 0.0))
+                evidence.update(_change_shares(crop, reference, regions, mask))
+        kind = _type(mask, regions, evidence)
         peak = float(values.max())
         score = _severity(kind, area_pct, peak / max(threshold, 1e-9), evidence)
         defect = Defect(
@@ -129,7 +132,7 @@ def level_of(severity: float, levels: tuple[float, float, float] = DEFAULT_LEVEL
     return "minor"
 
 
-def _type(mask: NDArray[np.bool_], regions: RegionMap | None, foreign: float) -> str:
+def _type(mask: NDArray[np.bool_], regions: RegionMap | None, evidence: dict[str, float]) -> str:
     if regions is None:
         return "other"
     text, edge, interior = (regions.fraction(mask, c) for c in (TEXT, EDGE, INTERIOR))
@@ -138,26 +141,43 @@ def _type(mask: NDArray[np.bool_], regions: RegionMap | None, foreign: float) ->
         return "other"
     if text / on_print >= 0.5:
         return "blurry_text"
-    return "structural" if edge / on_print >= 0.5 and foreign <= 0.5 else "color_scratch"
+    if "flipped" in evidence:
+        shape = evidence["flipped"] >= 0.5 and evidence["foreign_colour"] <= 0.5
+    else:
+        shape = edge / on_print >= 0.5
+    return "structural" if shape else "color_scratch"
 
 
-def _foreign_share(
+def _change_shares(
     crop: NDArray[np.uint8], reference: NDArray[np.uint8], regions: RegionMap, mask: NDArray[np.bool_]
-) -> float:
-    """Share of the region's changed pixels whose colour is off the print-substrate line (rule 3)."""
+) -> dict[str, float]:
+    """``flipped`` and ``foreign_colour`` shares of the region's changed pixels (rule 3); empty when
+    fewer than ``MIN_CHANGED`` pixels changed or the reference has no print or no substrate."""
     ref = reference.reshape(-1, 3).astype(np.float32)
     structure = regions.structure.reshape(-1)
     if structure.all() or not structure.any():
-        return 0.0
-    print_rgb, substrate_rgb = ref[structure].mean(axis=0), ref[~structure].mean(axis=0)
+        return {}
     pixels = crop[mask].astype(np.float32)
     changed = np.linalg.norm(pixels - reference[mask].astype(np.float32), axis=1) > FOREIGN_RGB
-    if not changed.any():
-        return 0.0
+    if int(changed.sum()) < MIN_CHANGED:
+        return {}
+    print_rgb, substrate_rgb = ref[structure].mean(axis=0), ref[~structure].mean(axis=0)
     direction = (print_rgb - substrate_rgb) / max(float(np.linalg.norm(print_rgb - substrate_rgb)), 1e-6)
     offset = pixels[changed] - substrate_rgb
-    off_line = offset - np.outer(offset @ direction, direction)
-    return float((np.linalg.norm(off_line, axis=1) > FOREIGN_RGB).mean())
+    along = offset @ direction
+    off_line = offset - np.outer(along, direction)
+    contrast = float(np.linalg.norm(print_rgb - substrate_rgb))
+    # a flip is a strong change (at least half the print-substrate contrast) that ends on the other
+    # side of the midpoint; the partial changes of blurred edges around a defect are not counted
+    strong = (
+        np.linalg.norm(pixels[changed] - reference[mask][changed].astype(np.float32), axis=1) >= contrast / 2
+    )
+    now_print = along > contrast / 2
+    flipped = strong & (now_print != regions.structure[mask][changed])
+    return {
+        "flipped": round(float(flipped.sum() / max(int(strong.sum()), 1)), 4),
+        "foreign_colour": round(float((np.linalg.norm(off_line, axis=1) > FOREIGN_RGB).mean()), 4),
+    }
 
 
 def _elongation(mask: NDArray[np.bool_]) -> float:

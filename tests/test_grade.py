@@ -42,6 +42,7 @@ def test_synthetic_defects_get_their_type(model: AnomalyModel, kind: str) -> Non
             "structure_iou",
             "delta_e",
             "foreign_colour",
+            "flipped",
         }
 
 

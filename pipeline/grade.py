@@ -28,8 +28,10 @@ structure mask), ``delta_e`` (mean CIEDE2000 colour difference over the region),
 
 **Severity** (0-100): ``100 * (1 - exp(-(a + e + v)))`` with the area term ``a = area_pct / 10``, the
 excess term ``e = (peak / threshold - 1) / 2`` and the type's evidence term ``v``: ``1 -
-sharpness_ratio`` for blurry text, ``1 - structure_iou`` for structural defects, ``delta_e / 20`` for
-colour and scratches, 0 for ``other`` (each clipped at 0). Every term grows with a larger or stronger
+sharpness_ratio`` for blurry text; for structural defects ``4 * flipped_pct`` (the % of the crop whose
+pixels flipped between print and substrate: the structure that appeared or vanished), or ``1 -
+structure_iou`` where too few pixels changed to count; ``delta_e / 20`` for colour and scratches; 0 for
+``other`` (each clipped at 0). Every term grows with a larger or stronger
 defect and the formula is increasing in each, so severity never drops as a defect grows (tested).
 **Level**: ``minor`` below ``levels[1]``, ``major`` below ``levels[2]``, ``critical`` from there (the
 thresholds are in the model's config, default 40 and 70); an instance's severity is its worst region's,
@@ -176,6 +178,7 @@ def _change_shares(
     flipped = strong & (now_print != regions.structure[mask][changed])
     return {
         "flipped": round(float(flipped.sum() / max(int(strong.sum()), 1)), 4),
+        "flipped_pct": round(100.0 * float(flipped.sum()) / mask.size, 4),
         "foreign_colour": round(float((np.linalg.norm(off_line, axis=1) > FOREIGN_RGB).mean()), 4),
     }
 
@@ -211,8 +214,11 @@ def _severity(kind: str, area_pct: float, relative_peak: float, evidence: dict[s
     excess = max(relative_peak - 1, 0.0) / 2
     if kind == "blurry_text":
         proof = 1 - evidence.get("sharpness_ratio", 1.0)
-    elif kind == "structural":
-        proof = 1 - evidence.get("structure_iou", 1.0)
+    elif kind == "structural":  # the print that appeared or vanished, else the structure's overlap
+        if "flipped_pct" in evidence:
+            proof = 4 * evidence["flipped_pct"]
+        else:
+            proof = 1 - evidence.get("structure_iou", 1.0)
     elif kind == "color_scratch":
         proof = evidence.get("delta_e", 0.0) / 20
     else:

@@ -137,20 +137,23 @@ def _structure_coverage(broken_ray: int = -1, variant: str = "", strength: float
         if i != broken_ray:
             _line(cov, p0, p1, _STROKE)
             continue
-        if variant == "missing":  # its outer part is gone, more of it the stronger the defect
-            kept = 0.6 - 0.55 * strength
+        # each variant changes about the same area at the same strength (tested), so severity can be
+        # ranked against strength across variants: the changed length grows with strength
+        if variant == "missing":  # its outer part is gone
+            kept = 0.77 - 0.68 * strength
             _line(cov, p0, (p0[0] + (p1[0] - p0[0]) * kept, p0[1] + (p1[1] - p0[1]) * kept), _STROKE)
             continue
         if variant == "broken":
-            gap = 10.0 + 25.0 * strength
+            gap = 12.0 + 48.0 * strength
             length = math.dist(p0, p1)
             start = (length - gap) / 2
             ux, uy = (p1[0] - p0[0]) / length, (p1[1] - p0[1]) / length
             _line(cov, p0, (p0[0] + ux * start, p0[1] + uy * start), _STROKE)
             _line(cov, (p0[0] + ux * (start + gap), p0[1] + uy * (start + gap)), p1, _STROKE)
-        elif variant == "bent":
-            kink = ((p0[0] + p1[0]) / 2, (p0[1] + p1[1]) / 2)
-            turn = math.radians(12.0 + 25.0 * strength)
+        elif variant == "bent":  # its outer part turns by 30 degrees at a kink
+            bent = 0.134 + 0.386 * strength
+            kink = (p1[0] + (p0[0] - p1[0]) * bent, p1[1] + (p0[1] - p1[1]) * bent)
+            turn = math.radians(30.0)
             dx, dy = p1[0] - kink[0], p1[1] - kink[1]
             end = (
                 kink[0] + dx * math.cos(turn) - dy * math.sin(turn),

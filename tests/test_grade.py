@@ -43,6 +43,7 @@ def test_synthetic_defects_get_their_type(model: AnomalyModel, kind: str) -> Non
             "delta_e",
             "foreign_colour",
             "flipped",
+            "flipped_pct",
         }
 
 

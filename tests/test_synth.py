@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline import synth
 from pipeline.images import decode_image, to_gray
 from pipeline.synth import (
     DEFECT_TYPES,
@@ -115,3 +116,19 @@ def test_a_sheet_does_not_depend_on_how_many_were_made(tmp_path: Path) -> None:
     write_synthetic_set(LocalStorage(tmp_path / "b"), sheets=3, defect_rate=0.3, seed=8)
     a = (tmp_path / "a/sheets/sheet_0001.png").read_bytes()
     assert a == (tmp_path / "b/sheets/sheet_0001.png").read_bytes()
+
+
+def test_structural_variants_change_the_same_area_at_the_same_strength() -> None:
+    clean = synth._structure_coverage()
+    areas = {
+        variant: [
+            int((np.abs(synth._structure_coverage(3, variant, s) - clean) > 0.04).sum())
+            for s in (0.3, 0.6, 1.0)
+        ]
+        for variant in ("missing", "broken", "bent")
+    }
+    for variant, row in areas.items():
+        assert row == sorted(row) and row[0] < row[-1], (variant, row)  # more with strength
+    for level in range(3):  # comparable across variants, so severity can rank them together
+        values = [row[level] for row in areas.values()]
+        assert max(values) <= 1.25 * min(values), areas

@@ -17,15 +17,17 @@ from pathlib import Path
 import click
 
 from producer.console import err, progress_bar
-from producer.enqueue import enqueue_batch
+from producer.enqueue import enqueue_batch, storage_counts
 from producer.nightly import ENV as NIGHTLY_ENV
 from producer.nightly import Nightly, beat_argv
 from producer.options import search_options, segment_options
 from worker.app import INFERENCE_QUEUE, RETRAIN_QUEUE
+from worker.batch_spec import absolute_location
 from worker.batches import BatchBook, BatchCounts
 from worker.dev_s3 import DevS3
 from worker.results import OutputOptions
 from worker.retrain import RetrainBook
+from worker.storage import open_storage
 
 EXIT_TIMEOUT = 3
 
@@ -100,18 +102,24 @@ def _finished(book: BatchBook, counts: BatchCounts) -> bool:
 @click.command()
 @click.argument("batch_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
-def status(batch_id: str, as_json: bool) -> None:
+@click.option("--out", help="Results location: count from storage when the broker no longer knows the batch.")
+def status(batch_id: str, as_json: bool, out: str | None) -> None:
     """Done, failed and pending counts of BATCH_ID; or the state of a retrain request (retrain-...)."""
     if batch_id.startswith("retrain-"):
         _retrain_status(batch_id, as_json)
         return
     book = BatchBook(batch_id)
     counts = book.counts()
-    if counts.total == 0:
-        raise click.ClickException(f"no batch {batch_id!r} is known to the broker")
-    state = "finished" if _finished(book, counts) else "running"
-    row = {"batch": batch_id, "state": state, "total": counts.total, "done": counts.done}
-    row |= {"failed": counts.failed, "pending": counts.pending}
+    if counts.total:
+        finished = _finished(book, counts)
+    elif out is not None:  # the broker's keys expired (or were lost): the files say the same
+        counts, finished = storage_counts(open_storage(absolute_location(out)).child(batch_id), batch_id)
+    else:
+        raise click.ClickException(
+            f"no batch {batch_id!r} is known to the broker (give --out to read storage)"
+        )
+    row = {"batch": batch_id, "state": "finished" if finished else "running", "total": counts.total}
+    row |= {"done": counts.done, "failed": counts.failed, "pending": counts.pending}
     if as_json:
         click.echo(json.dumps(row))
     else:

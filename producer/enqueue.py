@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipeline.errors import InvalidArgumentError
 from pipeline.images import DEFAULT_MAX_PIXELS
 from pipeline.segment import SegmentOptions
 from pipeline.verdict import Verdict
 from worker.app import app
 from worker.batch_spec import ITEMS, MANIFEST, TEMPLATE_KEY, BatchSpec, absolute_location, manifest_keys
-from worker.batches import BatchBook
+from worker.batches import BatchBook, BatchCounts
 from worker.datasets import IMAGE_SUFFIXES
 from worker.model_cache import resolve_model
 from worker.results import OutputOptions
@@ -159,3 +160,14 @@ def enqueue_batch(
         app.send_task("defectscan.finalize_batch", args=[location], queue=queue)
         finalize = True
     return Enqueued(batch_id, location, len(keys), len(pending), len(chunks), spec.model_version, finalize)
+
+
+def storage_counts(store: Storage, batch_id: str) -> tuple[BatchCounts, bool]:
+    """A batch's counts from its files (manifest, verdicts, ``_SUCCESS``), and whether it finished."""
+    if not store.exists("batch.json"):
+        raise InvalidArgumentError(batch_id, f"no batch at {store.location}")
+    keys = manifest_keys(store)
+    verdicts = existing_verdicts(store)
+    known = [verdicts[k] for k in keys if k in verdicts]
+    failed = sum(v == "error" for v in known)
+    return BatchCounts(len(keys), len(known) - failed, failed), store.exists("_SUCCESS")

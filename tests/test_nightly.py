@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import redis
 from celery.schedules import crontab
+from click.testing import CliRunner
 
 from pipeline.images import encode_png
 from pipeline.synth import reference_template
 from pipeline.verdict import ImageInfo, ModelInfo, Verdict
+from producer.cli import cli
 from producer.nightly import Nightly, beat_schedule, enqueue_nightly
 from worker.app import app
 from worker.batches import PREFIX
@@ -52,6 +54,12 @@ def test_the_nightly_task_enqueues_yesterdays_prefix_once(
         enqueue_nightly(job, today="2026-11-29")  # a second tick: the same batch, no image sent again
         sent = [json.loads(m)["headers"]["task"] for m in client.lrange(queue, 0, -1)]
         assert sorted(sent) == ["defectscan.finalize_batch", "defectscan.inspect_chunk"]  # all done: finalize
+        client.delete(*client.scan_iter(f"{PREFIX}nightly-2026-11-28:*"))  # as if the broker's keys expired
+        args = ["status", "nightly-2026-11-28", "--json"]
+        assert CliRunner().invoke(cli, args).exit_code != 0  # the broker alone no longer knows it
+        counted = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "out")])
+        expected = {"batch": "nightly-2026-11-28", "state": "running", "total": 1}
+        assert json.loads(counted.stdout) == expected | {"done": 1, "failed": 0, "pending": 0}
     finally:
         ours = [
             *client.scan_iter(f"{PREFIX}nightly-2026-11-28:*"),

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,25 @@ def test_dev_s3_command_serves_until_interrupted_and_stops_its_store(tmp_path: P
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_health_and_bucket_ensure_for_containers(
+    dev_s3: DevS3, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from producer.cli import cli
+
+    assert dev_s3.credentials is not None
+    for key, value in dev_s3.credentials.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DEFECTSCAN_BROKER_URL", redis_url)
+    healthy = CliRunner().invoke(cli, ["health"])
+    assert healthy.exit_code == 0 and "healthy" in healthy.stdout
+    name = f"ensure-{uuid.uuid4().hex[:8]}"
+    assert "created" in CliRunner().invoke(cli, ["bucket", "ensure", name]).stdout
+    assert "exists" in CliRunner().invoke(cli, ["bucket", "ensure", name]).stdout  # idempotent
+    (port,) = free_ports(1)
+    monkeypatch.setenv("DEFECTSCAN_BROKER_URL", f"redis://127.0.0.1:{port}/0")
+    broken = CliRunner().invoke(cli, ["health"])
+    assert broken.exit_code == 1 and dev_s3.credentials.secret_key not in broken.output

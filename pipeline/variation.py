@@ -120,8 +120,8 @@ class VariationNet(nn.Module):
         """Each crop's mean and contrast set to the reference's (one gain and offset per crop)."""
         ref = self.mu if reference is None else reference
         dims = (1, 2, 3)
-        m, s = pixels.mean(dims, keepdim=True), pixels.std(dims, keepdim=True)
-        rm, rs = ref.mean(dims, keepdim=True), ref.std(dims, keepdim=True)
+        s, m = torch.std_mean(pixels, dims, keepdim=True)  # one pass for both
+        rs, rm = torch.std_mean(ref, dims, keepdim=True)
         gain = (rs / s.clamp_min(1e-4)).clamp(0.5, 2.0)
         return (pixels - m) * gain + rm
 
@@ -137,8 +137,9 @@ class VariationNet(nn.Module):
 
     def pixel_excess(self, pixels: torch.Tensor) -> torch.Tensor:
         """How far each pixel lies outside the band, in absolute tolerances."""
-        excess = (pixels - self.upper).clamp_min(0) + (self.lower - pixels).clamp_min(0)
-        return excess.amax(1, keepdim=True) / self.tolerance_abs
+        # lower <= upper, so at most one side is positive: their maximum, clamped, is their sum
+        excess = torch.maximum(pixels - self.upper, self.lower - pixels).amax(1, keepdim=True)
+        return excess.clamp_min(0) / self.tolerance_abs
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature layer on the image scaled to ``feature_size`` (the early layers' full-resolution

@@ -25,7 +25,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline worker producer tests bench
 	$(BIN)/ruff format --check pipeline worker producer tests bench
-	$(BIN)/mypy pipeline
+	$(BIN)/mypy pipeline worker producer
 
 test: lint
 	$(BIN)/python -m pytest

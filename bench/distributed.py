@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -40,6 +39,7 @@ from pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
 from pipeline.segment import Segmenter, SegmentOptions, parse_range  # noqa: E402
 from pipeline.synth import SheetSpec, reference_template  # noqa: E402
 from pipeline.verdict import ModelInfo  # noqa: E402
+from producer.batch_cli import worker_argv  # noqa: E402
 from producer.enqueue import enqueue_batch  # noqa: E402
 from producer.inspect_files import run_inspection  # noqa: E402
 from producer.synth_files import aligned_ok_crops, publish_model, write_sheet_images  # noqa: E402
@@ -56,8 +56,7 @@ ANGLES = "-3:3:1"
 def start_workers(count: int, env: dict[str, str], logs: Path) -> list[subprocess.Popen[bytes]]:
     procs = []
     for i in range(count):
-        args = [sys.executable, "-m", "celery", "-A", "worker.app:app", "worker", "--pool=solo"]
-        args += ["--queues=inference", f"--hostname=bench{i}@%h", "--without-gossip", "--without-mingle"]
+        args = worker_argv("inference", 1, "warning", f"bench{i}@%h", "solo")
         log = (logs / f"worker{count}-{i}.log").open("wb")
         procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs

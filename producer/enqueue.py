@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +30,7 @@ from worker.batches import BatchBook, BatchCounts
 from worker.datasets import IMAGE_SUFFIXES
 from worker.model_cache import resolve_model
 from worker.results import OutputOptions
-from worker.storage import Storage, open_storage, read_local
+from worker.storage import Storage, open_storage, read_location
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def _create(
     model_dir, version = resolve_model(model)
     images = list_images(open_storage(inputs))
     if template is not None:
-        store.put(TEMPLATE_KEY, _read_location(template), "image/png")
+        store.put(TEMPLATE_KEY, read_location(template), "image/png")
     manifest = "".join(json.dumps({"key": k, "size": s, "etag": e}) + "\n" for k, s, e in images)
     store.put(MANIFEST, manifest.encode(), "application/x-ndjson")
     spec = BatchSpec(
@@ -89,21 +89,19 @@ def _create(
     return spec
 
 
-def _read_location(location: str) -> bytes:
-    if location.startswith("s3://"):
-        parent, _, name = location.rstrip("/").rpartition("/")
-        return open_storage(parent).get(name)
-    return read_local(location)
-
-
-def existing_verdicts(store: Storage) -> dict[str, str]:
-    """``{input key: verdict}`` for every verdict already under ``items/`` (a rerun)."""
+def existing_verdicts(store: Storage, recorded: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``{input key: verdict}`` for every verdict already under ``items/`` (a rerun). A verdict the
+    broker has on ``recorded`` is taken from there; only the others are read from storage."""
     known: dict[str, str] = {}
     items = store.child(ITEMS)
     for obj in items.objects():
         if not obj.key.endswith(".json"):
             continue
-        known[obj.key[: -len(".json")]] = Verdict.model_validate_json(items.get(obj.key)).verdict
+        key = obj.key[: -len(".json")]
+        if recorded and key in recorded:
+            known[key] = recorded[key]
+        else:
+            known[key] = Verdict.model_validate_json(items.get(obj.key)).verdict
     return known
 
 
@@ -148,7 +146,8 @@ def enqueue_batch(
         )
     keys = manifest_keys(store)
     book = book_factory(batch_id)
-    known = {k: v for k, v in existing_verdicts(store).items() if k in set(keys)}
+    inputs_set = set(keys)
+    known = {k: v for k, v in existing_verdicts(store, book.results()).items() if k in inputs_set}
     book.start(len(keys), known)
     pending = [k for k in keys if k not in known]
     size = max(spec.chunk, 1)

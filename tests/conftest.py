@@ -6,7 +6,6 @@ import ipaddress
 import os
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import pytest
 
 from pipeline.images import encode_png
 from pipeline.synth import Sheet, generate_sheet, reference_template, render_instance
+from producer.batch_cli import worker_argv
 from worker.app import app
 from worker.dev_s3 import DevS3
 
@@ -164,18 +164,20 @@ def env(dev_s3: DevS3, redis_url: str, tmp_path_factory: pytest.TempPathFactory)
 def start_worker(
     name: str, env: dict[str, str], log: Path, queues: str = "inference"
 ) -> subprocess.Popen[bytes]:
-    """A real Celery worker subprocess (solo pool) on ``queues``, logging to ``log``."""
-    args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.app:app",
-        "worker",
-        "--pool=solo",
-        f"--queues={queues}",
-    ]
-    args += [f"--hostname={name}@%h", "--loglevel=info", "--without-gossip", "--without-mingle"]
+    """A real Celery worker subprocess (solo pool) on ``queues``, logging to ``log``: the command line
+    ``defectscan worker`` runs."""
+    args = worker_argv(queues, 1, "info", f"{name}@%h", "solo")
     return subprocess.Popen(
         args, cwd=ROOT, env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT
     )
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM (a warm shutdown), then kill what is still running after 30 s."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -22,7 +21,7 @@ from pipeline.synth import SheetSpec, reference_template
 from producer.cli import cli
 from producer.enqueue import enqueue_batch
 from producer.synth_files import aligned_ok_crops, publish_model, write_sheet_images
-from tests.conftest import start_worker
+from tests.conftest import start_worker, stop_workers
 from worker.batch_spec import BatchSpec
 from worker.batches import PREFIX
 from worker.dev_s3 import DevS3, free_ports
@@ -67,13 +66,7 @@ def workers(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
     ]
     METRICS_PORTS[:] = ports
     yield paths
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    stop_workers(procs)
 
 
 @pytest.mark.slow

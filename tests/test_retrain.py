@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from pipeline.images import encode_png
 from pipeline.synth import SheetSpec, reference_template
 from producer.cli import cli
 from producer.synth_files import write_sheet_images, write_synthetic_set
-from tests.conftest import start_worker
+from tests.conftest import start_worker, stop_workers
 from worker.batches import PREFIX
 from worker.dev_s3 import DevS3
 from worker.registry import Registry
@@ -55,13 +54,7 @@ def workers(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
     yield paths
     client = redis.Redis.from_url(env["DEFECTSCAN_BROKER_URL"])
     client.delete(*[RetrainBook.state_key(r) for r in REQUESTS] or ["-"])
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    stop_workers(procs)
 
 
 def _retrain(data: dict[str, str], *extra: str, ok: str = "ok/") -> str:

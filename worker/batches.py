@@ -63,14 +63,22 @@ class BatchBook:
         pipe.expire(self._key("results"), self.ttl)
         pipe.execute()
 
-    def record(self, results: Mapping[str, str]) -> BatchCounts:
-        """Record ``{input key: verdict}`` for a chunk; the counts after it."""
+    def record(self, results: Mapping[str, str]) -> tuple[int, int]:
+        """Record ``{input key: verdict}`` for a chunk; ``(inputs recorded, total)`` after it.
+
+        Constant work per chunk (``HLEN``), however large the batch; :meth:`counts` reads every value."""
         pipe = self.client.pipeline()
         if results:
             pipe.hset(self._key("results"), mapping=dict(results))
         pipe.expire(self._key("results"), self.ttl)
-        pipe.execute()
-        return self.counts()
+        pipe.hlen(self._key("results"))
+        pipe.get(self._key("total"))
+        *_, recorded, total = pipe.execute()
+        return int(recorded), int(total or 0)
+
+    def results(self) -> dict[str, str]:
+        """``{input key: verdict}`` on record."""
+        return {k.decode(): v.decode() for k, v in self.client.hgetall(self._key("results")).items()}
 
     def counts(self) -> BatchCounts:
         total = int(self.client.get(self._key("total")) or 0)

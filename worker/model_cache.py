@@ -27,8 +27,8 @@ from pipeline.errors import ModelFormatError, ModelNotFoundError
 if TYPE_CHECKING:
     from pipeline.model import AnomalyModel
 
-from worker.registry import registry_location
-from worker.storage import LocalStorage, Storage, is_remote, join_key, open_storage
+from worker.registry import Registry, registry_location
+from worker.storage import LocalStorage, Storage, is_remote, open_storage
 
 MODEL_FILES = ("model.json", "model.safetensors", "reference.png", "regions.png")
 
@@ -57,14 +57,14 @@ def resolve_model(location: str) -> tuple[str, str]:
         location = f"{registry_location()}/{location}"
     base, tag = _split(location)
     if tag is not None:
+        root, _, product = base.rpartition("/")
+        registry = Registry(root)
         if tag == "latest":
-            try:
-                tag = open_storage(base).get("LATEST").decode().strip()
-            except Exception:
-                raise ModelNotFoundError(
-                    location, f"no {base}/LATEST: no version has been promoted"
-                ) from None
-        base = f"{base}/{join_key(tag)}"
+            promoted = registry.latest(product)
+            if promoted is None:
+                raise ModelNotFoundError(location, f"no {base}/LATEST: no version has been promoted")
+            tag = promoted
+        base = registry.model_location(product, tag)
     doc = _model_json(open_storage(base), base)
     version = str(doc.get("version") or "")
     if not version:

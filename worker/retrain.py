@@ -48,7 +48,7 @@ from worker.app import app
 from worker.batches import TTL_S, connect
 from worker.datasets import IMAGE_SUFFIXES, mvtec_test_items
 from worker.registry import Registry
-from worker.storage import Storage, open_storage
+from worker.storage import Storage, open_storage, read_location
 
 log = logging.getLogger("defectscan.retrain")
 RETRAIN_TIME_LIMIT_S = 2 * 3600
@@ -214,8 +214,7 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
     aux = read_images(req.aux)[0] if req.aux else []
     crops: list[Any] = images
     if req.template:
-        parent, _, name = req.template.rstrip("/").rpartition("/")
-        segmenter = Segmenter(decode_image(open_storage(parent).get(name), req.template))
+        segmenter = Segmenter(decode_image(read_location(req.template), req.template))
         book.update(stage="segmenting")
         crops = [
             c

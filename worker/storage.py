@@ -113,6 +113,14 @@ def open_storage(location: str | os.PathLike[str], settings: S3Settings | None =
     return LocalStorage(text)
 
 
+def read_location(location: str) -> bytes:
+    """The bytes of one object given by its full location (``s3://bucket/key`` or a path)."""
+    if is_remote(location):
+        parent, _, name = location.rstrip("/").rpartition("/")
+        return open_storage(parent).get(name)
+    return read_local(location)
+
+
 def is_remote(location: str | os.PathLike[str]) -> bool:
     return os.fspath(location).startswith("s3://")
 

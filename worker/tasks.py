@@ -46,6 +46,14 @@ from worker.storage import Storage, StorageUnavailableError, open_storage
 log = logging.getLogger("defectscan.worker")
 MODELS = ModelCache()
 RETRYABLE = (StorageUnavailableError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+RETRIED: dict[str, Any] = {  # both tasks: a transient failure reruns the whole task, with backoff
+    "ignore_result": True,
+    "autoretry_for": RETRYABLE,
+    "retry_backoff": 2,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 10,
+}
 
 
 @lru_cache(maxsize=1)
@@ -97,25 +105,17 @@ def inspect_keys(spec: BatchSpec, segmenter: Segmenter | None, keys: list[str]) 
     except DefectscanError as exc:
         yield from (_error(key, info, exc) for key in keys)
         return
+    info.method = model.config.method
     inputs = open_storage(spec.inputs)
     with ThreadPoolExecutor(2, thread_name_prefix="fetch") as pool:
         for key, data in zip(keys, pool.map(lambda k: _fetch(inputs, k), keys), strict=True):
             if isinstance(data, DefectscanError):
-                info.method = model.config.method
                 yield _error(key, info, data)
                 continue
             yield inspect_image(data, key, model, segmenter, spec.product, spec.min_area, spec.max_pixels)
 
 
-@app.task(
-    name="defectscan.inspect_chunk",
-    ignore_result=True,
-    autoretry_for=RETRYABLE,
-    retry_backoff=2,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=10,
-)
+@app.task(name="defectscan.inspect_chunk", **RETRIED)
 def inspect_chunk(batch_location: str, keys: list[str]) -> dict[str, Any]:
     start = time.perf_counter()
     configure_threads()
@@ -133,33 +133,24 @@ def inspect_chunk(batch_location: str, keys: list[str]) -> dict[str, Any]:
         for done in pending:
             done.result()  # every file is written before the chunk counts; a failure retries it
     book = BatchBook(spec.batch_id)
-    counts = book.record(results)
+    recorded, total = book.record(results)
     seconds = time.perf_counter() - start
     metrics.CHUNK_SECONDS.observe(seconds)
     log.info(
-        "batch %s: chunk of %d images in %.2f s (%.2f img/s); batch %d/%d done, %d failed",
+        "batch %s: chunk of %d images in %.2f s (%.2f img/s); %d of %d recorded",
         spec.batch_id,
         len(keys),
         seconds,
         len(keys) / max(seconds, 1e-9),
-        counts.done + counts.failed,
-        counts.total,
-        counts.failed,
+        recorded,
+        total,
     )
-    if counts.finished and book.claim_finalize():
+    if total and recorded >= total and book.claim_finalize():
         finalize_batch.delay(batch_location)
     return {"images": len(keys), "seconds": round(seconds, 3)}
 
 
-@app.task(
-    name="defectscan.finalize_batch",
-    ignore_result=True,
-    autoretry_for=RETRYABLE,
-    retry_backoff=2,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=10,
-)
+@app.task(name="defectscan.finalize_batch", **RETRIED)
 def finalize_batch(batch_location: str) -> None:
     """``summary.json`` from every verdict in storage (manifest order), then ``_SUCCESS``, last."""
     spec, _ = batch_context(batch_location)

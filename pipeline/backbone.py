@@ -91,6 +91,32 @@ def load_weights(module: nn.Module, name: str = LITE2, weights: str | None = Non
     return module
 
 
+def trim_unused_stages(module: nn.Module) -> nn.Module:
+    """Cut every timm EfficientNet-style ``features_only`` extractor inside ``module`` after the last
+    stage whose output is used. timm builds and runs all seven stages of such an extractor whatever
+    ``out_indices`` asks for, so PatchCore's ``blocks.4`` features also paid for ``blocks.5`` and
+    ``blocks.6``, and the variation model's ``blocks.1`` for five stages it never reads. The features
+    returned are the same; their weights are simply not there any more (see :func:`drop_trimmed`).
+    """
+    for sub in module.modules():
+        stages = getattr(sub, "_stage_out_idx", None)
+        blocks = getattr(sub, "blocks", None)
+        hooked = getattr(sub, "feature_hooks", 0) is not None  # timm's hook mode runs every block
+        if not stages or not isinstance(blocks, nn.Sequential) or hooked:
+            continue
+        # stage i + 1's output is block i's; the stem's (0) needs no block
+        sub.blocks = blocks[: max(stages)]
+    return module
+
+
+def drop_trimmed(state: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` without the weights of stages :func:`trim_unused_stages` removed from ``module``
+    (a model saved before stages were trimmed still loads); every other key is left for the strict
+    load to check."""
+    wanted = module.state_dict()
+    return {k: v for k, v in state.items() if k in wanted or ".blocks." not in k}
+
+
 def normalization(name: str = LITE2) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean and std the backbone's weights were trained with (from timm's config; 0.5 for Lite2)."""
     cfg = timm.models.get_pretrained_cfg(name)

@@ -48,7 +48,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline import fusion, networks, tta
-from pipeline.backbone import LITE2, normalization
+from pipeline.backbone import LITE2, drop_trimmed, normalization
 from pipeline.errors import DefectscanError, InvalidArgumentError, ModelFormatError, ModelNotFoundError
 from pipeline.fusion import FusedNet
 from pipeline.images import decode_image, encode_png
@@ -300,7 +300,9 @@ class AnomalyModel:
         return merged[:, 0].cpu().numpy().astype(np.float32)
 
     def _member_maps(self, net: nn.Module, batch: torch.Tensor, views: Sequence[str]) -> torch.Tensor:
-        expanded = self._normalise(tta.expand(batch, views))
+        expanded = tta.expand(batch, views)
+        if not getattr(net, "takes_pixels", False):
+            expanded = self._normalise(expanded)
         with torch.autocast(device_type=expanded.device.type, dtype=torch.float16, enabled=expanded.is_cuda):
             result = net(expanded)
         return tta.merge(result.anomaly_map.float(), views, self.config.tta_reduce)
@@ -411,7 +413,7 @@ class AnomalyModel:
         net = build_net(config)
         try:
             state = load_file(str(path / "model.safetensors"))
-            net.load_state_dict(state, strict=True)
+            net.load_state_dict(drop_trimmed(state, net), strict=True)
         except Exception as exc:
             raise ModelFormatError(str(path / "model.safetensors"), f"cannot load weights ({exc})") from None
         calibration = Calibration(**doc["calibration"])

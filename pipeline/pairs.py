@@ -96,14 +96,14 @@ class PairComparer:
     def _tensor(self, images: list[NDArray[np.uint8]]) -> torch.Tensor:
         size = (self.image_size, self.image_size)
         resized = [cv2.resize(img, size, interpolation=cv2.INTER_AREA) for img in images]
-        return self.net.to_input(torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float() / 255.0)
+        return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float() / 255.0
 
     @torch.no_grad()
     def compare(self, image: NDArray[np.uint8], template: NDArray[np.uint8]) -> PairResult:
         warped, aligned, warp = align(image, template)
         batch = self._tensor([warped, image])
         net = self.net
-        net.mu = net.to_unit(batch[:1])
+        net.mu = batch[:1]
         net.spread_up = torch.zeros_like(net.mu)
         net.spread_down = torch.zeros_like(net.mu)
         net.feature_mean = net.features(batch[:1]).float()

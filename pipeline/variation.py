@@ -54,6 +54,7 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.backbone import trim_unused_stages
 from pipeline.blur import gaussian
 
 VARIATION_LAYERS = ("blocks.1",)
@@ -65,7 +66,11 @@ Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 
 class VariationNet(nn.Module):
-    """Per-pixel tolerance band plus per-location feature Gaussian; input is the normalised batch."""
+    """Per-pixel tolerance band plus per-location feature Gaussian. It compares pixels, so it takes
+    [0, 1] pixels, not the backbone's normalised input (``takes_pixels``); training batches are the
+    normalised ones every method gets (:func:`fit_variation` turns them back)."""
+
+    takes_pixels = True
 
     def __init__(
         self,
@@ -87,7 +92,9 @@ class VariationNet(nn.Module):
         self.tolerance_rel = tolerance_rel
         self.search_px = search_px
         self.feature_floor = feature_floor
-        self.feature_extractor = TimmFeatureExtractor(backbone=backbone, pre_trained=False, layers=[layer])
+        self.feature_extractor = trim_unused_stages(
+            TimmFeatureExtractor(backbone=backbone, pre_trained=False, layers=[layer])
+        )
         info = self.feature_extractor.feature_extractor.feature_info
         channels, stride = info.channels()[-1], info.reduction()[-1]
         self.feature_size = max(stride, round(image_size * feature_scale / stride) * stride)
@@ -109,6 +116,8 @@ class VariationNet(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(1, channels, cells, cells))
         self.register_buffer("feature_var", torch.ones(1, channels, cells, cells))
         self.blur = gaussian(map_sigma) if map_sigma > 0 else None
+        self._mu_key: tuple[int, int] | None = None
+        self._mu_std_mean: tuple[torch.Tensor, torch.Tensor]
 
     # -- the pieces of the map -------------------------------------------------------------------
 
@@ -118,12 +127,19 @@ class VariationNet(nn.Module):
 
     def match_brightness(self, pixels: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         """Each crop's mean and contrast set to the reference's (one gain and offset per crop)."""
-        ref = self.mu if reference is None else reference
         dims = (1, 2, 3)
         s, m = torch.std_mean(pixels, dims, keepdim=True)  # one pass for both
-        rs, rm = torch.std_mean(ref, dims, keepdim=True)
+        rs, rm = self._mu_stats() if reference is None else torch.std_mean(reference, dims, keepdim=True)
         gain = (rs / s.clamp_min(1e-4)).clamp(0.5, 2.0)
         return (pixels - m) * gain + rm
+
+    def _mu_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mu``'s standard deviation and mean, kept until ``mu`` is replaced or changed in place."""
+        key = (id(self.mu), self.mu._version)
+        if self._mu_key != key:
+            self._mu_std_mean = torch.std_mean(self.mu, (1, 2, 3), keepdim=True)
+            self._mu_key = key
+        return self._mu_std_mean
 
     def set_bands(self) -> None:
         """The shift-tolerant band, from ``mu`` and the spreads (kept as buffers: fixed once fitted)."""
@@ -141,12 +157,13 @@ class VariationNet(nn.Module):
         excess = torch.maximum(pixels - self.upper, self.lower - pixels).amax(1, keepdim=True)
         return excess.clamp_min(0) / self.tolerance_abs
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The feature layer on the image scaled to ``feature_size`` (the early layers' full-resolution
-        cost is most of a backbone's time on CPU; the pixel comparison keeps the fine detail)."""
-        if x.shape[-1] != self.feature_size:
-            x = F.interpolate(x, size=(self.feature_size,) * 2, mode="bilinear", antialias=True)
-        return self.feature_extractor(x)[self.layer]
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The feature layer on the [0, 1] image scaled to ``feature_size`` (the early layers'
+        full-resolution cost is most of a backbone's time on CPU; the pixel comparison keeps the fine
+        detail). Scaled first, then normalised: both are linear, and the small image is cheaper."""
+        if pixels.shape[-1] != self.feature_size:
+            pixels = F.interpolate(pixels, size=(self.feature_size,) * 2, mode="bilinear", antialias=True)
+        return self.feature_extractor(self.to_input(pixels))[self.layer]
 
     def feature_distance(self, feats: torch.Tensor) -> torch.Tensor:
         """Per-location z-distance to the feature Gaussian, the best over the neighbouring cells."""
@@ -169,10 +186,12 @@ class VariationNet(nn.Module):
         return (pixels - self.image_mean) / self.image_std
 
     def forward(self, x: torch.Tensor) -> InferenceBatch:
-        pixels = self.match_brightness(self.to_unit(x.float()))
+        """Maps for a batch of [0, 1] pixels (not the backbone's normalised input: see
+        ``takes_pixels``)."""
+        pixels = self.match_brightness(x.float())
         pixel = self.pixel_excess(pixels)
         feature = F.interpolate(
-            self.feature_distance(self.features(self.to_input(pixels)).float()),
+            self.feature_distance(self.features(pixels).float()),
             size=x.shape[-2:],
             mode="bilinear",
             align_corners=False,
@@ -214,7 +233,7 @@ def fit_variation(net: VariationNet, batches: Batches) -> dict[str, float]:
             (0, 0),
             *torch.randint(-net.search_px, net.search_px + 1, (2, 2), generator=shifts).tolist(),
         ]:
-            feats = net.features(net.to_input(_shifted(matched, dx, dy))).float()
+            feats = net.features(_shifted(matched, dx, dy)).float()
             f_sum += (feats * ww).sum(0, keepdim=True)
             f_sq += (feats * feats * ww).sum(0, keepdim=True)
             f_total += float(w.sum())

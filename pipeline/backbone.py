@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import timm
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 from pipeline.errors import DefectscanError
 
 LITE2 = "tf_efficientnet_lite2"
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 DEFAULT_LAYERS: tuple[str, ...] = ("blocks.2", "blocks.4")
 """Stride-8 (48 channels) and stride-16 (120 channels) features: mid-level, as PatchCore wants."""
 
@@ -91,7 +93,7 @@ def load_weights(module: nn.Module, name: str = LITE2, weights: str | None = Non
     return module
 
 
-def trim_unused_stages(module: nn.Module) -> nn.Module:
+def trim_unused_stages(module: ModuleT) -> ModuleT:
     """Cut every timm EfficientNet-style ``features_only`` extractor inside ``module`` after the last
     stage whose output is used. timm builds and runs all seven stages of such an extractor whatever
     ``out_indices`` asks for, so PatchCore's ``blocks.4`` features also paid for ``blocks.5`` and

@@ -6,7 +6,8 @@ A crop counts as typed right when its worst defect has the expected type (``colo
 are both ``color_scratch``); a crop with no defect counts as wrong. Severity is compared with the
 synthetic strength by Spearman rank correlation, per type and over all.
 
-    .venv/bin/python bench/grade.py [--train 80] [--per-type 30] [--method patchcore] [--json out.json]
+    .venv/bin/python bench/grade.py [--train 80] [--per-type 30] [--method patchcore] [--image-size 256]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=80)
     parser.add_argument("--per-type", type=int, default=30)
     parser.add_argument("--method", default="patchcore", help="Any method of `defectscan train`.")
+    parser.add_argument("--image-size", type=int, default=256, help="The model's input size (px).")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     ok = [c for c, _ in islice(instance_crops(1), args.train)]
-    model = AnomalyModel.fit(ok, ModelConfig(method=args.method))
+    model = AnomalyModel.fit(ok, ModelConfig(method=args.method, image_size=args.image_size))
     report: dict[str, object] = {}
     all_sev: list[float] = []
     all_str: list[float] = []

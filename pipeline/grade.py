@@ -13,8 +13,10 @@ therefore weigh the classes *of the printed part* of the region (text, edge band
 3. ``structural`` when the change is one of shape: among the region's changed pixels (RGB distance to
    the reference over 25), at least half of the strong changes (by half the contrast between the
    reference's mean print and substrate colours, or more) flipped class - print became substrate or
-   substrate became print, crossing the midpoint between the two colours (``flipped``; the partial
-   changes of blurred edges are not counted) - and at most half took a colour off the
+   substrate became print, ending at least ``FLIP_REACH`` (65 %) of the way to the other class's
+   colour along the line between the two (``flipped``; the partial changes of blurred edges are not
+   counted, nor is a line of a blended, in-between colour such as a grey scratch over dark
+   substrate, which only crosses the midpoint) - and at most half took a colour off the
    line through the reference's mean print and substrate colours (``foreign_colour``: a new colour
    came in, as a scratch or a stain does). With fewer than 5 changed pixels the region's classes decide
    instead: ``structural`` when the edge band is at least half of its printed part;
@@ -23,16 +25,19 @@ therefore weigh the classes *of the printed part* of the region (text, edge band
 **Evidence** (in the verdict), against the reference image inside the region's box:
 ``sharpness_ratio`` (variance of the Laplacian, crop over reference; below 1 is blurrier),
 ``structure_iou`` (the crop's print, binarised at the reference's Otsu level, against the reference's
-structure mask), ``delta_e`` (mean CIEDE2000 colour difference over the region), ``flipped`` and
-``foreign_colour`` (rule 3) and ``elongation`` (of the region's minimum-area rectangle).
+structure mask), ``delta_e`` and ``delta_e_p95`` (mean and 95th percentile of the CIEDE2000 colour
+difference over the region), ``flipped``, ``flipped_pct`` and ``foreign_colour`` (rule 3) and
+``elongation`` (of the region's minimum-area rectangle).
 
 **Severity** (0-100): ``100 * (1 - exp(-(a + e + v)))`` with the area term ``a = area_pct / 10``, the
 excess term ``e = (peak / threshold - 1) / 2`` and the type's evidence term ``v``: ``1 -
 sharpness_ratio`` for blurry text; for structural defects ``4 * flipped_pct`` (the % of the crop whose
 pixels flipped between print and substrate: the structure that appeared or vanished), or ``1 -
-structure_iou`` where too few pixels changed to count; ``delta_e / 20`` for colour and scratches; 0 for
-``other`` (each clipped at 0). Every term grows with a larger or stronger
-defect and the formula is increasing in each, so severity never drops as a defect grows (tested).
+structure_iou`` where too few pixels changed to count; ``delta_e_p95 / 20`` for colour and scratches
+(how far the defect's own pixels changed colour: a region's mean is mostly the unchanged pixels
+around a thin scratch); 0 for ``other`` (each clipped at 0). Every term grows with a larger or
+stronger defect and the formula is increasing in each, so severity never drops as a defect grows
+(tested).
 **Level**: ``minor`` below ``levels[1]``, ``major`` below ``levels[2]``, ``critical`` from there (the
 thresholds are in the model's config, default 40 and 70); an instance's severity is its worst region's,
 and an instance with no region is ``none``.
@@ -54,6 +59,7 @@ from pipeline.verdict import Defect
 DEFAULT_LEVELS = (0.0, 40.0, 70.0)
 FOREIGN_RGB = 25.0  # RGB distance: a pixel that changed, and a colour off the print-substrate line
 MIN_CHANGED = 5  # changed pixels needed to judge a region by its change
+FLIP_REACH = 0.65  # how far towards the other class's colour a flipped pixel goes (0.5: the midpoint)
 
 
 def find_regions(
@@ -169,13 +175,14 @@ def _change_shares(
     along = offset @ direction
     off_line = offset - np.outer(along, direction)
     contrast = float(np.linalg.norm(print_rgb - substrate_rgb))
-    # a flip is a strong change (at least half the print-substrate contrast) that ends on the other
-    # side of the midpoint; the partial changes of blurred edges around a defect are not counted
+    # a flip is a strong change (at least half the print-substrate contrast) that ends near the other
+    # class's colour (FLIP_REACH of the way there); the partial changes of blurred edges around a
+    # defect, and a grey line that only blends print and substrate, are not counted
     strong = (
         np.linalg.norm(pixels[changed] - reference[mask][changed].astype(np.float32), axis=1) >= contrast / 2
     )
-    now_print = along > contrast / 2
-    flipped = strong & (now_print != regions.structure[mask][changed])
+    was_print = regions.structure[mask][changed]
+    flipped = strong & np.where(was_print, along < (1 - FLIP_REACH) * contrast, along > FLIP_REACH * contrast)
     return {
         "flipped": round(float(flipped.sum() / max(int(strong.sum()), 1)), 4),
         "flipped_pct": round(100.0 * float(flipped.sum()) / mask.size, 4),
@@ -192,6 +199,7 @@ def _elongation(mask: NDArray[np.bool_]) -> float:
 def _evidence(
     crop: NDArray[np.uint8], reference: NDArray[np.uint8], mask: NDArray[np.bool_]
 ) -> dict[str, float]:
+    difference = delta_e2000(crop[mask], reference[mask])
     gray_c = to_gray(crop).astype(np.float32)
     gray_r = to_gray(reference).astype(np.float32)
     sharp_c = float(cv2.Laplacian(gray_c, cv2.CV_32F).var())
@@ -205,7 +213,8 @@ def _evidence(
     return {
         "sharpness_ratio": round(sharp_c / max(sharp_r, 1e-6), 4),
         "structure_iou": round(iou, 4),
-        "delta_e": round(float(delta_e2000(crop[mask], reference[mask]).mean()), 3),
+        "delta_e": round(float(difference.mean()), 3),
+        "delta_e_p95": round(float(np.percentile(difference, 95)), 3),
     }
 
 
@@ -220,7 +229,7 @@ def _severity(kind: str, area_pct: float, relative_peak: float, evidence: dict[s
         else:
             proof = 1 - evidence.get("structure_iou", 1.0)
     elif kind == "color_scratch":
-        proof = evidence.get("delta_e", 0.0) / 20
+        proof = evidence.get("delta_e_p95", 0.0) / 20
     else:
         proof = 0.0
     return 100 * (1 - math.exp(-(area_term + excess + max(proof, 0.0))))

@@ -43,7 +43,11 @@ class Defect(BaseModel):
     peak: float = Field(description="highest anomaly score in the region")
     mean: float = Field(description="mean anomaly score in the region")
     evidence: dict[str, float] = Field(
-        {}, description="sharpness_ratio, structure_iou, delta_e (CIEDE2000), elongation"
+        {},
+        description=(
+            "sharpness_ratio, structure_iou, delta_e and delta_e_p95 (CIEDE2000 mean and 95th "
+            "percentile), flipped, flipped_pct, foreign_colour, elongation"
+        ),
     )
 
 

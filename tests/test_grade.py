@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from itertools import islice
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given
@@ -41,10 +42,31 @@ def test_synthetic_defects_get_their_type(model: AnomalyModel, kind: str) -> Non
             "sharpness_ratio",
             "structure_iou",
             "delta_e",
+            "delta_e_p95",
             "foreign_colour",
             "flipped",
             "flipped_pct",
         }
+
+
+@pytest.mark.parametrize(("towards_print", "expected"), [(0.55, "color_scratch"), (1.0, "structural")])
+def test_new_print_is_structural_and_a_blended_line_is_a_scratch(towards_print: float, expected: str) -> None:
+    """A 2 px line across the sunburst, in a colour ``towards_print`` of the way from the substrate's
+    to the print's: in the print's own colour it is print that appeared (a short, a spur); a grey
+    that only blends the two, just past the midpoint, is a scratch."""
+    reference = reference_template()
+    regions = region_map(reference)
+    ink = reference[regions.structure].mean(axis=0)
+    substrate = reference[~regions.structure].mean(axis=0)
+    line = np.zeros(reference.shape[:2], np.uint8)
+    cv2.line(line, (270, 100), (390, 170), 255, 2)
+    crop = reference.copy()
+    crop[line > 0] = (substrate + towards_print * (ink - substrate)).astype(np.uint8)
+    near = cv2.dilate(line, np.ones((21, 21), np.uint8)) > 0
+    amap = np.where(near, 2.0, 0.2).astype(np.float32)
+    (defect,) = grade(crop, amap, 1.0, reference, regions)
+    assert defect.type == expected
+    assert (defect.evidence["flipped"] >= 0.5) == (expected == "structural")
 
 
 def test_severity_grows_with_size_and_strength() -> None:
@@ -73,13 +95,17 @@ def test_severity_is_monotonic_in_each_term(
     area: float, peak: float, delta_e: float, more_area: float, more_peak: float, more_e: float
 ) -> None:
     for kind in ("color_scratch", "structural", "blurry_text", "other"):
-        base = {"delta_e": delta_e, "structure_iou": 1 - delta_e / 30, "sharpness_ratio": 1 - delta_e / 30}
+        base = {
+            "delta_e_p95": delta_e,
+            "structure_iou": 1 - delta_e / 30,
+            "sharpness_ratio": 1 - delta_e / 30,
+        }
         grown = {
-            "delta_e": delta_e + more_e,
+            "delta_e_p95": delta_e + more_e,
             "structure_iou": 1 - (delta_e + more_e) / 50 * 0.6 - delta_e / 30 * 0.4,
             "sharpness_ratio": 1 - (delta_e + more_e) / 50 * 0.6 - delta_e / 30 * 0.4,
         }
-        grown = {k: min(v, base[k]) if k != "delta_e" else v for k, v in grown.items()}
+        grown = {k: min(v, base[k]) if k != "delta_e_p95" else v for k, v in grown.items()}
         low = _severity(kind, area, peak, base)
         high = _severity(kind, area + more_area, peak + more_peak, grown)
         assert 0 <= low <= high <= 100

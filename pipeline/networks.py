@@ -40,6 +40,9 @@ PADIM_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
 STFPM_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
 
 
+SEARCH_CELLS = 1 << 24  # patches x bank entries per distance matrix (64 MB of float32)
+
+
 class BankPatchcore(PatchcoreModel):
     """PatchCore whose bank entries may carry a distance penalty (see the module docstring)."""
 
@@ -64,8 +67,11 @@ class BankPatchcore(PatchcoreModel):
         bank = self.memory_bank
         # one product of [x, 1] and [-2 y, |y|^2]: no pass over the matrix to add the bias
         rows = torch.cat([embedding, embedding.new_ones(embedding.shape[0], 1)], 1)
-        columns = torch.cat([bank * -2, bank.pow(2).sum(1, keepdim=True)], 1)
-        least, locations = (rows @ columns.T).min(1)
+        columns = torch.cat([bank * -2, bank.pow(2).sum(1, keepdim=True)], 1).T
+        step = max(256, SEARCH_CELLS // bank.shape[0])  # rows per product: bounded memory
+        parts = [(part @ columns).min(1) for part in rows.split(step)]
+        least = torch.cat([p.values for p in parts])
+        locations = torch.cat([p.indices for p in parts])
         return (least + embedding.pow(2).sum(1)).clamp_min_(0).sqrt_(), locations
 
     def euclidean_dist(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

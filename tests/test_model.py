@@ -213,6 +213,45 @@ def test_separable_blur_equals_anomalibs_blur() -> None:
     assert set(fast.state_dict()) == set(full.state_dict())
 
 
+def test_nearest_neighbour_search_equals_anomalibs_in_chunks() -> None:
+    """Our one-product search (split into chunks of rows here: 9,000 patches x a 3,000-entry bank is
+    over SEARCH_CELLS) finds anomalib's neighbours at anomalib's distances."""
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+    from pipeline import networks
+
+    net = networks.build("patchcore", LITE2, networks.DEFAULT_LAYERS)
+    gen = torch.Generator().manual_seed(0)
+    net.memory_bank = torch.rand(3000, 168, generator=gen)
+    patches = torch.rand(9000, 168, generator=gen)
+    assert patches.shape[0] * 3000 > networks.SEARCH_CELLS
+    ours, where = net.nearest_neighbors(patches, n_neighbors=1)
+    theirs, their_where = PatchcoreModel.nearest_neighbors(net, patches, n_neighbors=1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert (where == their_where).float().mean() > 0.999  # ties within float rounding may differ
+
+
+def test_trimmed_backbone_gives_the_same_features_and_loads_old_models() -> None:
+    """The extractor stops after the last stage a method reads; a state dict that still has the later
+    stages (a model saved before trimming) loads."""
+    from anomalib.models.components import TimmFeatureExtractor
+
+    from pipeline.backbone import drop_trimmed, load_weights, trim_unused_stages
+
+    full = TimmFeatureExtractor(backbone=LITE2, pre_trained=False, layers=["blocks.2", "blocks.4"]).eval()
+    load_weights(full.feature_extractor, LITE2)
+    trimmed = trim_unused_stages(
+        TimmFeatureExtractor(backbone=LITE2, pre_trained=False, layers=["blocks.2", "blocks.4"]).eval()
+    )
+    assert len(trimmed.feature_extractor.blocks) < len(full.feature_extractor.blocks)
+    trimmed.load_state_dict(drop_trimmed(full.state_dict(), trimmed), strict=True)
+    image = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = full(image), trimmed(image)
+    for layer in ("blocks.2", "blocks.4"):
+        torch.testing.assert_close(a[layer], b[layer])
+
+
 def test_stfpm_student_learns_the_teacher_and_flags_defects(
     good: list[np.ndarray], test_set: tuple[list[np.ndarray], list[int]]
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -215,20 +216,33 @@ def test_separable_blur_equals_anomalibs_blur() -> None:
 
 def test_nearest_neighbour_search_equals_anomalibs_in_chunks() -> None:
     """Our one-product search (split into chunks of rows here: 9,000 patches x a 3,000-entry bank is
-    over SEARCH_CELLS) finds anomalib's neighbours at anomalib's distances."""
+    over SEARCH_CELLS) finds anomalib's distances, and the whole forward pass gives anomalib's image
+    scores (its re-weighting reads the nearest entry of each image's top patch) and maps."""
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
     from pipeline import networks
 
-    net = networks.build("patchcore", LITE2, networks.DEFAULT_LAYERS)
+    net = networks.build("patchcore", LITE2, networks.DEFAULT_LAYERS).eval()
     gen = torch.Generator().manual_seed(0)
     net.memory_bank = torch.rand(3000, 168, generator=gen)
     patches = torch.rand(9000, 168, generator=gen)
     assert patches.shape[0] * 3000 > networks.SEARCH_CELLS
-    ours, where = net.nearest_neighbors(patches, n_neighbors=1)
-    theirs, their_where = PatchcoreModel.nearest_neighbors(net, patches, n_neighbors=1)
+    ours, _ = net.nearest_neighbors(patches, n_neighbors=1)
+    theirs, _ = PatchcoreModel.nearest_neighbors(net, patches, n_neighbors=1)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
-    assert (where == their_where).float().mean() > 0.999  # ties within float rounding may differ
+
+    images = torch.rand(3, 3, 128, 128, generator=gen)
+    with torch.no_grad():
+        net.train()
+        bank = net(images)[::7].clone()  # a bank of real embeddings, so neighbours are meaningful
+        net.embedding_store.clear()
+        net.eval()
+        net.memory_bank = bank
+        ours_out = net(images + 0.05)
+        net.nearest_neighbors = partial(PatchcoreModel.nearest_neighbors, net)  # anomalib's own search
+        theirs_out = net(images + 0.05)
+    torch.testing.assert_close(ours_out.pred_score, theirs_out.pred_score, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours_out.anomaly_map, theirs_out.anomaly_map, rtol=1e-4, atol=1e-5)
 
 
 def test_trimmed_backbone_gives_the_same_features_and_loads_old_models() -> None:

@@ -116,8 +116,6 @@ class VariationNet(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(1, channels, cells, cells))
         self.register_buffer("feature_var", torch.ones(1, channels, cells, cells))
         self.blur = gaussian(map_sigma) if map_sigma > 0 else None
-        self._mu_key: tuple[int, int] | None = None
-        self._mu_std_mean: tuple[torch.Tensor, torch.Tensor]
 
     # -- the pieces of the map -------------------------------------------------------------------
 
@@ -128,17 +126,9 @@ class VariationNet(nn.Module):
     def match_brightness(self, pixels: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         """Each crop's mean and contrast set to the reference's (one gain and offset per crop)."""
         s, m = _std_mean(pixels)
-        rs, rm = self._mu_stats() if reference is None else _std_mean(reference)
+        rs, rm = _std_mean(self.mu if reference is None else reference)
         gain = (rs / s.clamp_min(1e-4)).clamp(0.5, 2.0)
         return torch.addcmul(rm - m * gain, pixels, gain)  # (pixels - m) * gain + rm, in one pass
-
-    def _mu_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``mu``'s standard deviation and mean, kept until ``mu`` is replaced or changed in place."""
-        key = (id(self.mu), self.mu._version)
-        if self._mu_key != key:
-            self._mu_std_mean = _std_mean(self.mu)
-            self._mu_key = key
-        return self._mu_std_mean
 
     def set_bands(self) -> None:
         """The shift-tolerant band, from ``mu`` and the spreads (kept as buffers: fixed once fitted)."""

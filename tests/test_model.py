@@ -13,7 +13,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from pipeline.backbone import LITE2, BackboneError, lite2_weights_path, timm_state_dict
+from pipeline.backbone import DEFAULT_LAYERS, LITE2, BackboneError, lite2_weights_path, timm_state_dict
 from pipeline.evaluate import auroc
 from pipeline.model import AnomalyModel, ModelConfig, ModelFormatError, ModelNotFoundError, calibrate
 from pipeline.synth import render_instance
@@ -222,7 +222,7 @@ def test_nearest_neighbour_search_equals_anomalibs_in_chunks() -> None:
 
     from pipeline import networks
 
-    net = networks.build("patchcore", LITE2, networks.DEFAULT_LAYERS).eval()
+    net = networks.build("patchcore", LITE2, DEFAULT_LAYERS).eval()
     gen = torch.Generator().manual_seed(0)
     net.memory_bank = torch.rand(3000, 168, generator=gen)
     patches = torch.rand(9000, 168, generator=gen)

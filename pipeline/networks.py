@@ -32,15 +32,13 @@ from anomalib.models.image.stfpm.torch_model import STFPMModel
 from torch import nn
 
 from pipeline.backbone import DEFAULT_LAYERS, load_weights, trim_unused_stages
+from pipeline.bank_search import BankIndex, full_nearest_distances
 from pipeline.blur import use_separable_blur
 from pipeline.coreset import k_center_greedy
 from pipeline.variation import VARIATION_LAYERS
 
 PADIM_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
 STFPM_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
-
-
-SEARCH_CELLS = 1 << 24  # patches x bank entries per distance matrix (64 MB of float32)
 
 
 class BankPatchcore(PatchcoreModel):
@@ -52,31 +50,39 @@ class BankPatchcore(PatchcoreModel):
         )
         self.bank_penalty: torch.Tensor
         self.register_buffer("bank_penalty", torch.empty(0))
+        self._index: tuple[tuple[int, tuple[int, ...], int], BankIndex] | None = None
 
     def nearest_neighbors(
         self, embedding: torch.Tensor, n_neighbors: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """anomalib's search, with the distance to the nearest neighbour (the one every patch needs)
-        found in one matrix product and a minimum: ``|y|^2 - 2 x.y``, the product of ``[x, 1]`` and
-        ``[-2 y, |y|^2]``, is minimised over the bank (``|x|^2`` is the same for every entry), and
-        only the minimum gets ``|x|^2``, the clamp and the square root. anomalib's
+        found without anomalib's full distance matrix: on a CPU through a :class:`BankIndex` that
+        rules out most of the bank by the triangle inequality, on a GPU by one product of ``[x, 1]``
+        and ``[-2 y, |y|^2]`` per block of patches (``|y|^2 - 2 x.y`` is minimised over the bank;
+        only the minimum gets ``|x|^2``, the clamp and the square root). anomalib's
         :meth:`euclidean_dist` makes four more passes over the whole patches x bank matrix, and its
-        ``min`` with indices is three times slower on a CPU than the minimum alone; together they
-        cost about as much as the product. Same distances up to float rounding.
+        ``min`` with indices is three times slower on a CPU than the minimum alone. Same distances up
+        to float rounding.
 
         Which entry is nearest is needed only for each image's most anomalous patch (anomalib's
         re-weighting): the locations returned are -1, and :meth:`compute_anomaly_score` finds the
         few it reads."""
         if n_neighbors != 1 or self.bank_penalty.numel():
             return super().nearest_neighbors(embedding, n_neighbors)
-        bank = self.memory_bank
-        # one product of [x, 1] and [-2 y, |y|^2]: no pass over the matrix to add the bias
-        rows = torch.cat([embedding, embedding.new_ones(embedding.shape[0], 1)], 1)
-        columns = torch.cat([bank * -2, bank.pow(2).sum(1, keepdim=True)], 1).T
-        step = max(256, SEARCH_CELLS // bank.shape[0])  # rows per product: bounded memory
-        least = torch.cat([(part @ columns).amin(1) for part in rows.split(step)])
-        distances = (least + embedding.pow(2).sum(1)).clamp_min_(0).sqrt_()
+        if self.memory_bank.device.type == "cpu":
+            distances = self._bank_index().nearest_distances(embedding)
+        else:
+            distances = full_nearest_distances(embedding, self.memory_bank)
         return distances, torch.full_like(distances, -1, dtype=torch.long)
+
+    def _bank_index(self) -> BankIndex:
+        """The index of the current memory bank, built on first use and again whenever the bank is
+        replaced or changed in place."""
+        bank = self.memory_bank
+        key = (bank.data_ptr(), tuple(bank.shape), bank._version)
+        if self._index is None or self._index[0] != key:
+            self._index = (key, BankIndex.build(bank))
+        return self._index[1]
 
     def compute_anomaly_score(
         self, patch_scores: torch.Tensor, locations: torch.Tensor, embedding: torch.Tensor

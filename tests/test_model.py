@@ -214,22 +214,25 @@ def test_separable_blur_equals_anomalibs_blur() -> None:
     assert set(fast.state_dict()) == set(full.state_dict())
 
 
-def test_nearest_neighbour_search_equals_anomalibs_in_chunks() -> None:
-    """Our one-product search (split into chunks of rows here: 9,000 patches x a 3,000-entry bank is
-    over SEARCH_CELLS) finds anomalib's distances, and the whole forward pass gives anomalib's image
-    scores (its re-weighting reads the nearest entry of each image's top patch) and maps."""
+def test_nearest_neighbour_search_equals_anomalibs() -> None:
+    """Both of our searches (the pruned index a CPU uses; the full product a GPU uses, split into
+    blocks of rows here: 9,000 patches x a 3,000-entry bank is over FULL_SEARCH_CELLS) find
+    anomalib's distances, and the whole forward pass gives anomalib's image scores (its re-weighting
+    reads the nearest entry of each image's top patch) and maps."""
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-    from pipeline import networks
+    from pipeline import bank_search, networks
 
     net = networks.build("patchcore", LITE2, DEFAULT_LAYERS).eval()
     gen = torch.Generator().manual_seed(0)
     net.memory_bank = torch.rand(3000, 168, generator=gen)
     patches = torch.rand(9000, 168, generator=gen)
-    assert patches.shape[0] * 3000 > networks.SEARCH_CELLS
+    assert patches.shape[0] * 3000 > bank_search.FULL_SEARCH_CELLS
     ours, _ = net.nearest_neighbors(patches, n_neighbors=1)
+    full = bank_search.full_nearest_distances(patches, net.memory_bank)
     theirs, _ = PatchcoreModel.nearest_neighbors(net, patches, n_neighbors=1)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(full, theirs, rtol=1e-4, atol=1e-5)
 
     images = torch.rand(3, 3, 128, 128, generator=gen)
     with torch.no_grad():

@@ -7,9 +7,17 @@ model and the patchcore+variation fusion at the same size:
 * the floor: the backbone's forward pass alone on the same, already preprocessed batches;
 * anomalib's ``Engine.predict`` over the same images (saved as PNG) and the same trained network;
 * fit time for 300 crops with a 10 % coreset, and the fitting process's peak memory (max RSS);
-* coreset quality: agreement of image scores between our coreset and anomalib's exact greedy.
+* coreset quality: agreement of image scores between our coreset and anomalib's exact greedy;
+* the share of the memory bank the CPU search compares a test patch with (see
+  :mod:`pipeline.bank_search`: the bounds rule out most of the bank when features are clustered, as
+  the synthetic print crops are, and next to nothing on textures, where the full product runs).
 
-    .venv/bin/python bench/score.py [--train 300] [--test 64] [--json out.json]
+The scoring speeds are measured interleaved (each repetition runs every variant once) and the median
+of each is kept, so that a change in the machine's speed during the run moves every figure alike.
+Synthetic print crops by default; ``--data DIR`` (an MVTec-layout folder) takes its train/good images
+for training and an even sample of its test images for scoring instead.
+
+    .venv/bin/python bench/score.py [--train 300] [--test 64] [--data DIR] [--json out.json]
 """
 
 from __future__ import annotations
@@ -36,27 +44,56 @@ import torch  # noqa: E402
 
 from pipeline.images import encode_png  # noqa: E402
 from pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
+from pipeline.networks import BankPatchcore  # noqa: E402
 from pipeline.synth import instance_crops  # noqa: E402
+from worker.datasets import read_folder  # noqa: E402
 
 
 def crops(count: int, seed: int, defect_rate: float) -> list[np.ndarray]:
     return [crop for crop, _ in islice(instance_crops(seed, defect_rate), count)]
 
 
-def timed(fn: Callable[[], object], repeats: int = 3) -> float:
-    fn()  # warm-up
-    runs = []
+def training_images(count: int, data: Path | None) -> list[np.ndarray]:
+    if data is None:
+        return crops(count, 1, 0.0)
+    return read_folder(data / "train" / "good").images[:count]
+
+
+def test_images(count: int, data: Path | None) -> list[np.ndarray]:
+    if data is None:
+        return crops(count, 2, 0.25)
+    every = read_folder(data / "test").images  # good and defective, sorted by type
+    return [every[round(i * len(every) / count)] for i in range(min(count, len(every)))]
+
+
+def timed_together(fns: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, float]:
+    """Median seconds of each function, the functions interleaved in every repetition."""
+    for fn in fns.values():
+        fn()  # warm-up
+    runs: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            runs[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in runs.items()}
 
 
-def fit_in_child(train: int, coreset: float, out: str) -> None:
+def searched_share(model: AnomalyModel, images: list[np.ndarray]) -> float:
+    """Mean share of the bank the CPU search compares each patch of ``images`` with."""
+    net = model.net
+    assert isinstance(net, BankPatchcore)
+    with torch.no_grad():
+        features = net.feature_extractor(model._normalise(model._preprocess(images)))
+        pooled = {layer: net.feature_pooler(feature) for layer, feature in features.items()}
+        embedding = net.reshape_embedding(net.generate_embedding(pooled))
+    return net._bank_index().searched_fraction(embedding)
+
+
+def fit_in_child(train: int, coreset: float, out: str, data: Path | None) -> None:
     """Fit in a child process so that its peak memory can be read on its own. No view augmentation:
     the target is for 300 crops."""
-    images = crops(train, 1, 0.0)
+    images = training_images(train, data)
     start = time.perf_counter()
     model = AnomalyModel.fit(images, ModelConfig(coreset_ratio=coreset, tta_views=("identity",)))
     model.meta["fit_s"] = time.perf_counter() - start
@@ -134,13 +171,14 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=64)
     parser.add_argument("--coreset", type=float, default=0.1)
     parser.add_argument("--agreement-train", type=int, default=40)
+    parser.add_argument("--data", type=Path, help="an MVTec-layout folder instead of synthetic crops")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    report: dict[str, object] = {"threads": torch.get_num_threads()}
+    report: dict[str, object] = {"threads": torch.get_num_threads(), "data": str(args.data or "synthetic")}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(Path(tmp) / "model")
         child = multiprocessing.get_context("spawn").Process(
-            target=fit_in_child, args=(args.train, args.coreset, model_dir)
+            target=fit_in_child, args=(args.train, args.coreset, model_dir, args.data)
         )
         child.start()
         child.join()
@@ -157,8 +195,8 @@ def main() -> None:
             flush=True,
         )
 
-        train = crops(args.train, 1, 0.0)
-        test = crops(args.test, 2, 0.25)
+        train = training_images(args.train, args.data)
+        test = test_images(args.test, args.data)
         began = time.perf_counter()
         one = AnomalyModel.fit(train, ModelConfig(tta_views=("identity",)))
         one_fit_s = time.perf_counter() - began
@@ -184,13 +222,18 @@ def main() -> None:
                 for batch in batches:
                     extractor(batch)
 
-        speeds = {
-            "backbone_floor": len(test) / timed(floor),
-            "ours_1_view": len(test) / timed(lambda: one.score(test, batch_size=8)),
-            "ours_4_views": len(test) / timed(lambda: four.score(test, batch_size=8)),
-            "variation": len(test) / timed(lambda: variation.score(test, batch_size=8)),
-            "patchcore+variation_1_view": len(test) / timed(lambda: fused.score(test, batch_size=8)),
-        }
+        seconds = timed_together(
+            {
+                "backbone_floor": floor,
+                "ours_1_view": lambda: one.score(test, batch_size=8),
+                "ours_4_views": lambda: four.score(test, batch_size=8),
+                "variation": lambda: variation.score(test, batch_size=8),
+                "patchcore+variation_1_view": lambda: fused.score(test, batch_size=8),
+            }
+        )
+        speeds = {name: len(test) / value for name, value in seconds.items()}
+        report["bank_searched_share"] = searched_share(one, test[:8])
+        print(f"share of the bank searched per patch: {report['bank_searched_share']:.3f}", flush=True)
         speeds["anomalib_engine_predict"] = engine_predict(model, test, Path(tmp))
         report["images_per_s"] = speeds
         report["ratios"] = {

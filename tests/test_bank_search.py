@@ -7,7 +7,7 @@ import torch
 
 from pipeline import networks
 from pipeline.backbone import DEFAULT_LAYERS, LITE2
-from pipeline.bank_search import BankIndex
+from pipeline.bank_search import RETRY_AFTER, BankIndex
 
 
 def _clustered(count: int, centres: torch.Tensor, spread: float, gen: torch.Generator) -> torch.Tensor:
@@ -34,15 +34,22 @@ def test_clustered_bank_equals_brute_force_and_is_mostly_skipped(
     index = BankIndex.build(bank)
     torch.testing.assert_close(index.nearest_distances(patches), _exact(patches, bank), rtol=1e-4, atol=1e-3)
     assert index.searched_fraction(patches) < 0.25
+    assert index.full_calls_left == 0  # pruned, no fallback to the full product
 
 
-@pytest.mark.parametrize("groups", [1, 7, 3000])
-def test_unclustered_bank_and_any_group_count_still_give_the_minimum(groups: int) -> None:
-    """Uniform noise prunes badly; a single group, odd counts and more groups than entries all work."""
+@pytest.mark.parametrize(("groups", "falls_back"), [(1, False), (7, True), (3000, False)])
+def test_unclustered_bank_and_any_group_count_still_give_the_minimum(groups: int, falls_back: bool) -> None:
+    """Uniform noise prunes badly (with 7 groups the index falls back to the full product, and stays
+    there for a while); a single group (the first step is the whole search) and more groups than
+    entries (one entry each: the first step finds the nearest) work too."""
     gen = torch.Generator().manual_seed(1)
     bank, patches = torch.rand(900, 32, generator=gen), torch.rand(700, 32, generator=gen)
     index = BankIndex.build(bank, groups)
-    torch.testing.assert_close(index.nearest_distances(patches), _exact(patches, bank), rtol=1e-4, atol=1e-4)
+    for call in range(2):
+        torch.testing.assert_close(
+            index.nearest_distances(patches), _exact(patches, bank), rtol=1e-4, atol=1e-4
+        )
+        assert index.full_calls_left == (RETRY_AFTER - call if falls_back else 0)
 
 
 def test_duplicates_bank_entries_as_patches_and_a_one_entry_bank() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline import networks
+from pipeline import bank_search, networks
 from pipeline.backbone import DEFAULT_LAYERS, LITE2
 from pipeline.bank_search import RETRY_AFTER, BankIndex
 
@@ -35,6 +35,17 @@ def test_clustered_bank_equals_brute_force_and_is_mostly_skipped(
     torch.testing.assert_close(index.nearest_distances(patches), _exact(patches, bank), rtol=1e-4, atol=1e-3)
     assert index.searched_fraction(patches) < 0.25
     assert index.full_calls_left == 0  # pruned, no fallback to the full product
+
+
+def test_rows_gathered_in_small_windows_give_the_same_distances(
+    clustered: tuple[torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory is bounded by gathering a window of pairs at a time; windows smaller than a group's
+    pairs (which then get a window of their own) and windows that end inside a group both work."""
+    bank, patches = clustered
+    monkeypatch.setattr(bank_search, "GATHER_ROWS", 97)
+    index = BankIndex.build(bank)
+    torch.testing.assert_close(index.nearest_distances(patches), _exact(patches, bank), rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize(("groups", "falls_back"), [(1, False), (7, True), (3000, False)])

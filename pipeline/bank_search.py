@@ -20,16 +20,18 @@ small relative margin so that rounding can never skip the group that holds the n
 Whether it pays depends on the data. On the synthetic print crops about 9 % of the bank is searched
 per patch and the search is about 4x faster. On magnetic_tile's and DeepPCB's images the bounds rule
 out almost nothing: there a patch's nearest entry is about half as far as a typical pair of entries
-(high-dimensional features, not clustered). So after the first step a call checks the share of the
-bank left and, above :data:`WORTH_PRUNING`, runs the full product instead (the first step then cost
-about 10 % extra), and so do the next :data:`RETRY_AFTER` calls without a first step. A GPU always
-runs the full product, which is cheap there.
+(high-dimensional features, not clustered). So the index probes itself when it is built: bank
+entries stand in for test patches, and when the bounds would leave more than :data:`WORTH_PRUNING` of
+the bank, every search is the full product. A call that finds its own patches over that share after
+the first step (images far from anything seen in training) also finishes with the full product. The
+choice depends on the bank and the call's patches only, never on earlier calls, so scores are
+reproducible. A GPU always runs the full product, which is cheap there.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -37,7 +39,6 @@ from pipeline.coreset import k_center_greedy
 
 MARGIN = 1e-4  # relative slack on the pruning bound (see BankIndex.nearest_distances)
 WORTH_PRUNING = 0.2  # above this share of the bank left to search, the full product is faster
-RETRY_AFTER = 32  # calls that go straight to the full product after one found pruning not worth it
 GATHER_ROWS = 1 << 16  # patch rows gathered at a time for the groups' products (44 MB at D = 168)
 FULL_SEARCH_CELLS = 1 << 24  # patches x entries per product of the full search (64 MB of float32)
 
@@ -74,7 +75,7 @@ class BankIndex:
     offsets: tuple[int, ...]  # group g is columns[offsets[g]:offsets[g + 1]]
     centre_columns: torch.Tensor  # (k, D + 1)
     radii: torch.Tensor  # (k,) largest distance from a centre to an entry of its group
-    full_calls_left: int = field(default=0, init=False)  # see RETRY_AFTER
+    prunes: bool = True  # False: the bank's own entries say the bounds would not pay (see build)
 
     @classmethod
     def build(cls, bank: torch.Tensor, groups: int | None = None) -> BankIndex:
@@ -93,7 +94,25 @@ class BankIndex:
         radii.scatter_reduce_(0, group[order], (members - centres[group[order]]).norm(dim=1), "amax")
         radii[sizes == 0] = -math.inf  # an empty group is never searched
         offsets = (0, *torch.cumsum(sizes, 0).tolist())
-        return cls(_columns(members), offsets, centre_columns, radii)
+        index = cls(_columns(members), offsets, centre_columns, radii)
+        index.prunes = index._probe_share(members) <= WORTH_PRUNING
+        return index
+
+    def _probe_share(self, members: torch.Tensor, probes: int = 512) -> float:
+        """The share of the bank the bounds would leave for patches like the bank's own entries: each
+        of up to ``probes`` entries, spread over the bank, stands in for a test patch whose nearest
+        entry is its own nearest other entry (for OK patches the two distances are alike). Decided
+        once per bank, from the bank alone, so that a score never depends on what was scored before."""
+        if members.shape[0] < 2:
+            return 1.0
+        picked = torch.linspace(0, members.shape[0] - 1, min(probes, members.shape[0])).long()
+        rows = _rows(members[picked])
+        norms = members[picked].pow(2).sum(1)
+        least = rows @ self.columns.T
+        least[torch.arange(picked.shape[0]), picked] = math.inf  # not the entry itself
+        upper = (least.amin(1) + norms).clamp_min_(0).sqrt_()
+        centre_dist = (rows @ self.centre_columns.T).add_(norms[:, None]).clamp_min_(0).sqrt_()
+        return self._share(centre_dist - self.radii[None, :] <= upper[:, None] * (1 + MARGIN) + MARGIN)
 
     def nearest_distances(self, patches: torch.Tensor) -> torch.Tensor:
         """Distance from each patch ``(N, D)`` to its nearest bank entry ``(N,)``.
@@ -102,14 +121,12 @@ class BankIndex:
         :data:`MARGIN` (relative), so float rounding of the bound cannot skip the group that holds
         the nearest entry; and were the margin too small, a skipped entry would still be no nearer
         than the answer by more than the rounding of the distances themselves."""
-        if self.full_calls_left:
-            self.full_calls_left -= 1
+        if not self.prunes:
             rows = _rows(patches.float())
             return (_least(rows, self.columns) + rows[:, :-1].pow(2).sum(1)).clamp_min_(0).sqrt_()
         rows, norms, best, need = self._first_pass(patches)
-        if self._share(need) > WORTH_PRUNING:  # features too spread out for the bounds to bite
+        if self._share(need) > WORTH_PRUNING:  # these patches are far from the bank: bounds too loose
             torch.minimum(best, _least(rows, self.columns), out=best)
-            self.full_calls_left = RETRY_AFTER
         else:
             group, patch = need.T.nonzero(as_tuple=True)
             best.scatter_reduce_(0, patch, self._search(rows, patch, group), "amin")
@@ -121,8 +138,10 @@ class BankIndex:
         return float((need.float() @ sizes).mean()) / self.offsets[-1]
 
     def searched_fraction(self, patches: torch.Tensor) -> float:
-        """Mean share of the bank a patch is compared with by a first call on ``patches``, the first
-        step included: over 1 when the search falls back to the full product (for benchmarks)."""
+        """Mean share of the bank a patch is compared with, the first step included: 1 for the full
+        product, over 1 when a call falls back to it after the first step (for benchmarks)."""
+        if not self.prunes:
+            return 1.0
         _, _, _, need = self._first_pass(patches)
         groups = len(self.offsets) - 1
         first = (groups + self.offsets[-1] / groups) / self.offsets[-1]  # centres, then a group

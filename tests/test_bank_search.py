@@ -7,7 +7,7 @@ import torch
 
 from pipeline import bank_search, networks
 from pipeline.backbone import DEFAULT_LAYERS, LITE2
-from pipeline.bank_search import RETRY_AFTER, BankIndex
+from pipeline.bank_search import BankIndex
 
 
 def _clustered(count: int, centres: torch.Tensor, spread: float, gen: torch.Generator) -> torch.Tensor:
@@ -34,7 +34,7 @@ def test_clustered_bank_equals_brute_force_and_is_mostly_skipped(
     index = BankIndex.build(bank)
     torch.testing.assert_close(index.nearest_distances(patches), _exact(patches, bank), rtol=1e-4, atol=1e-3)
     assert index.searched_fraction(patches) < 0.25
-    assert index.full_calls_left == 0  # pruned, no fallback to the full product
+    assert index.prunes  # the self-probe saw the clusters
 
 
 def test_rows_gathered_in_small_windows_give_the_same_distances(
@@ -48,19 +48,37 @@ def test_rows_gathered_in_small_windows_give_the_same_distances(
     torch.testing.assert_close(index.nearest_distances(patches), _exact(patches, bank), rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize(("groups", "falls_back"), [(1, False), (7, True), (3000, False)])
-def test_unclustered_bank_and_any_group_count_still_give_the_minimum(groups: int, falls_back: bool) -> None:
-    """Uniform noise prunes badly (with 7 groups the index falls back to the full product, and stays
-    there for a while); a single group (the first step is the whole search) and more groups than
-    entries (one entry each: the first step finds the nearest) work too."""
+@pytest.mark.parametrize(("groups", "prunes"), [(1, False), (7, False), (3000, True)])
+def test_unclustered_bank_and_any_group_count_still_give_the_minimum(
+    groups: int, prunes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uniform noise prunes badly: the index's self-probe sends it to the full product (one group, 7
+    groups), except with one entry per group (3,000 asked for 900 entries), where the first step
+    finds the nearest entry. Forced to prune anyway, every path still gives the minimum."""
     gen = torch.Generator().manual_seed(1)
     bank, patches = torch.rand(900, 32, generator=gen), torch.rand(700, 32, generator=gen)
     index = BankIndex.build(bank, groups)
-    for call in range(2):
-        torch.testing.assert_close(
-            index.nearest_distances(patches), _exact(patches, bank), rtol=1e-4, atol=1e-4
-        )
-        assert index.full_calls_left == (RETRY_AFTER - call if falls_back else 0)
+    assert index.prunes == prunes
+    exact = _exact(patches, bank)
+    torch.testing.assert_close(index.nearest_distances(patches), exact, rtol=1e-4, atol=1e-4)
+    index.prunes = True
+    monkeypatch.setattr(bank_search, "WORTH_PRUNING", 2.0)  # never fall back after the first step
+    torch.testing.assert_close(index.nearest_distances(patches), exact, rtol=1e-4, atol=1e-4)
+
+
+def test_far_patches_fall_back_and_results_do_not_depend_on_earlier_calls(
+    clustered: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """Patches far from every cluster (loose bounds) finish with the full product; a call's result is
+    the same whatever was searched before it."""
+    bank, patches = clustered
+    far = 3 * torch.randn(500, bank.shape[1], generator=torch.Generator().manual_seed(3))
+    index = BankIndex.build(bank)
+    first = index.nearest_distances(patches)
+    assert index.searched_fraction(far) > 1  # the first step, then the full product
+    torch.testing.assert_close(index.nearest_distances(far), _exact(far, bank), rtol=1e-4, atol=1e-3)
+    assert torch.equal(index.nearest_distances(patches), first)
+    assert torch.equal(BankIndex.build(bank).nearest_distances(patches), first)
 
 
 def test_duplicates_bank_entries_as_patches_and_a_one_entry_bank() -> None:

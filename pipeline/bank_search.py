@@ -25,7 +25,9 @@ entries stand in for test patches, and when the bounds would leave more than :da
 the bank, every search is the full product. A call that finds its own patches over that share after
 the first step (images far from anything seen in training) also finishes with the full product. The
 choice depends on the bank and the call's patches only, never on earlier calls, so scores are
-reproducible. A GPU always runs the full product, which is cheap there.
+reproducible (for the same patches in the same call; in another call a patch's distances come from
+products of other shapes and can differ by float rounding). A GPU always runs the full product,
+which is cheap there.
 """
 
 from __future__ import annotations

@@ -24,10 +24,9 @@ out almost nothing: there a patch's nearest entry is about half as far as a typi
 entries stand in for test patches, and when the bounds would leave more than :data:`WORTH_PRUNING` of
 the bank, every search is the full product. A call that finds its own patches over that share after
 the first step (images far from anything seen in training) also finishes with the full product. The
-choice depends on the bank and the call's patches only, never on earlier calls, so scores are
-reproducible (for the same patches in the same call; in another call a patch's distances come from
-products of other shapes and can differ by float rounding). A GPU always runs the full product,
-which is cheap there.
+choice depends on the bank and the call's patches only, never on earlier calls, and a patch's
+distance does not depend on the other patches of its call (see :meth:`BankIndex.nearest_distances`).
+A GPU always runs the full product, which is cheap there.
 """
 
 from __future__ import annotations
@@ -60,6 +59,12 @@ def full_nearest_distances(patches: torch.Tensor, bank: torch.Tensor) -> torch.T
     product. For a GPU, where the product is cheap."""
     least = _least(_rows(patches), _columns(bank))
     return (least + patches.pow(2).sum(1)).clamp_min_(0).sqrt_()
+
+
+def _nearest(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """The column nearest to every row (the full product, in blocks as :func:`_least`)."""
+    step = max(256, FULL_SEARCH_CELLS // columns.shape[0])
+    return torch.cat([(part @ columns.T).argmin(1) for part in rows.split(step)])
 
 
 def _least(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -122,17 +127,27 @@ class BankIndex:
         A group is skipped only when its bound exceeds the best distance found by more than
         :data:`MARGIN` (relative), so float rounding of the bound cannot skip the group that holds
         the nearest entry; and were the margin too small, a skipped entry would still be no nearer
-        than the answer by more than the rounding of the distances themselves."""
+        than the answer by more than the rounding of the distances themselves.
+
+        When pruning, the products that find the nearest entry have shapes that depend on the other
+        patches of the call, and so does their rounding; the distance returned is therefore computed
+        again from the patch and the entry found alone, so that a patch gets the same distance in any
+        batch. (The full product's rounding does not depend on the other rows either, measured for calls
+of 16 patches or more; BLAS switches kernels below that, and a crop has at least 16 patches.)"""
         if not self.prunes:
             rows = _rows(patches.float())
             return (_least(rows, self.columns) + rows[:, :-1].pow(2).sum(1)).clamp_min_(0).sqrt_()
-        rows, norms, best, need = self._first_pass(patches)
+        rows, norms, best, nearest, need = self._first_pass(patches)
         if self._share(need) > WORTH_PRUNING:  # these patches are far from the bank: bounds too loose
-            torch.minimum(best, _least(rows, self.columns), out=best)
+            nearest = _nearest(rows, self.columns)
         else:
             group, patch = need.T.nonzero(as_tuple=True)
-            best.scatter_reduce_(0, patch, self._search(rows, patch, group), "amin")
-        return (best + norms).clamp_min_(0).sqrt_()
+            found, entry = self._search(rows, patch, group)
+            best.scatter_reduce_(0, patch, found, "amin")
+            won = found <= best[patch]
+            nearest[patch[won]] = entry[won]
+        least = (rows * self.columns[nearest]).sum(1)  # this patch and its nearest entry only
+        return (least + norms).clamp_min_(0).sqrt_()
 
     def _share(self, need: torch.Tensor) -> float:
         """Mean share of the bank that ``need`` (patches x groups) leaves to search."""
@@ -144,7 +159,7 @@ class BankIndex:
         product, over 1 when a call falls back to it after the first step (for benchmarks)."""
         if not self.prunes:
             return 1.0
-        _, _, _, need = self._first_pass(patches)
+        need = self._first_pass(patches)[-1]
         groups = len(self.offsets) - 1
         first = (groups + self.offsets[-1] / groups) / self.offsets[-1]  # centres, then a group
         share = self._share(need)
@@ -152,28 +167,34 @@ class BankIndex:
 
     def _first_pass(
         self, patches: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Search each patch's nearest centre's group (usually the answer, and a tight bound), then
-        mark the other groups that the bound cannot rule out: ``rows, |x|^2, best so far, need``."""
+        mark the other groups that the bound cannot rule out: ``rows, |x|^2, best so far, its entry
+        (a column), need``."""
         rows = _rows(patches.float())
         norms = patches.float().pow(2).sum(1)
         to_centres = rows @ self.centre_columns.T  # (N, k): squared distances less |x|^2
         home = to_centres.argmin(1)
         order = torch.argsort(home, stable=True)
         best = torch.empty_like(norms)
-        best[order] = self._search(rows, order, home[order])
+        nearest = torch.empty_like(home)
+        best[order], nearest[order] = self._search(rows, order, home[order])
         upper = (best + norms).clamp_min_(0).sqrt_()
         centre_dist = to_centres.add_(norms[:, None]).clamp_min_(0).sqrt_()
         need = centre_dist - self.radii[None, :] <= upper[:, None] * (1 + MARGIN) + MARGIN
         need[torch.arange(need.shape[0]), home] = False
-        return rows, norms, best, need
+        return rows, norms, best, nearest, need
 
-    def _search(self, rows: torch.Tensor, patch: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-        """``min (|y|^2 - 2 x.y)`` over group ``group[i]`` for patch ``patch[i]``; ``group`` sorted.
-        The patches' rows are gathered a window of :data:`GATHER_ROWS` pairs at a time (or one
-        group's, if larger), so memory stays bounded however many pairs the bounds leave."""
+    def _search(
+        self, rows: torch.Tensor, patch: torch.Tensor, group: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``min (|y|^2 - 2 x.y)`` over group ``group[i]`` for patch ``patch[i]``, and the column
+        where it is found; ``group`` sorted. The patches' rows are gathered a window of
+        :data:`GATHER_ROWS` pairs at a time (or one group's, if larger), so memory stays bounded
+        however many pairs the bounds leave."""
         counts = torch.bincount(group, minlength=len(self.offsets) - 1).tolist()
         found = torch.empty(patch.shape[0])
+        entry = torch.empty(patch.shape[0], dtype=torch.long)
         window, window_start = rows[:0], 0
         start = 0
         for g, n in enumerate(counts):
@@ -184,6 +205,7 @@ class BankIndex:
                 window = rows.index_select(0, patch[start : start + max(n, GATHER_ROWS)])
             part = window[start - window_start : start - window_start + n]
             cols = self.columns[self.offsets[g] : self.offsets[g + 1]]
-            torch.amin(part @ cols.T, 1, out=found[start : start + n])
+            torch.min(part @ cols.T, 1, out=(found[start : start + n], entry[start : start + n]))
+            entry[start : start + n] += self.offsets[g]
             start += n
-        return found
+        return found, entry

@@ -81,6 +81,25 @@ def test_far_patches_fall_back_and_results_do_not_depend_on_earlier_calls(
     assert torch.equal(BankIndex.build(bank).nearest_distances(patches), first)
 
 
+def test_a_patch_gets_the_same_distance_in_any_batch(clustered: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The pruned search's products take their shapes from the whole call; the distance returned does
+    not: the same patches searched one at a time, in odd batches and all at once agree to the bit.
+    The full product (a bank that does not prune) agrees too for calls of 16 patches or more (BLAS
+    changes kernels below that; a crop at 32 px or more is at least 16 patches)."""
+    bank, patches = clustered
+    spread = torch.rand(2000, bank.shape[1], generator=torch.Generator().manual_seed(4))
+    cases = (
+        (BankIndex.build(bank), patches, (1, 7, 1000)),
+        (BankIndex.build(spread), spread + 0.01, (16, 144, 1000)),
+    )
+    for index, queries, sizes in cases:
+        whole = index.nearest_distances(queries)
+        for size in sizes:
+            pieces = torch.cat([index.nearest_distances(part) for part in queries[:1400].split(size)])
+            assert torch.equal(pieces, whole[:1400])
+    assert cases[0][0].prunes and not cases[1][0].prunes
+
+
 def test_duplicates_bank_entries_as_patches_and_a_one_entry_bank() -> None:
     gen = torch.Generator().manual_seed(2)
     base = torch.randn(50, 16, generator=gen)

@@ -124,16 +124,18 @@ class BankIndex:
     def nearest_distances(self, patches: torch.Tensor) -> torch.Tensor:
         """Distance from each patch ``(N, D)`` to its nearest bank entry ``(N,)``.
 
-                A group is skipped only when its bound exceeds the best distance found by more than
-                :data:`MARGIN` (relative), so float rounding of the bound cannot skip the group that holds
-                the nearest entry; and were the margin too small, a skipped entry would still be no nearer
-                than the answer by more than the rounding of the distances themselves.
+        A group is skipped only when its bound exceeds the best distance found by more than
+        :data:`MARGIN` (relative), so float rounding of the bound cannot skip the group that holds
+        the nearest entry; and were the margin too small, a skipped entry would still be no nearer
+        than the answer by more than the rounding of the distances themselves.
 
-                When pruning, the products that find the nearest entry have shapes that depend on the other
-                patches of the call, and so does their rounding; the distance returned is therefore computed
-                again from the patch and the entry found alone, so that a patch gets the same distance in any
-                batch. (The full product's rounding does not depend on the other rows either, measured for calls
-        of 16 patches or more; BLAS switches kernels below that, and a crop has at least 16 patches.)"""
+        When pruning, the products that find the nearest entry have shapes that depend on the other
+        patches of the call, and so does their rounding; the distance returned is therefore computed
+        again from the patch and the entry found alone, so that a patch gets the same distance in
+        any batch. (The full product's rounding does not depend on the other rows either, measured
+        for calls of 16 patches or more; BLAS switches kernels below that, and a crop has at least
+        16 patches.)
+        """
         if not self.prunes:
             rows = _rows(patches.float())
             return (_least(rows, self.columns) + rows[:, :-1].pow(2).sum(1)).clamp_min_(0).sqrt_()

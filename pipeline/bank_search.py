@@ -32,6 +32,7 @@ A GPU always runs the full product, which is cheap there.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -61,17 +62,21 @@ def full_nearest_distances(patches: torch.Tensor, bank: torch.Tensor) -> torch.T
     return (least + patches.pow(2).sum(1)).clamp_min_(0).sqrt_()
 
 
-def _nearest(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """The column nearest to every row (the full product, in blocks as :func:`_least`)."""
+def _products(rows: torch.Tensor, columns: torch.Tensor) -> Iterator[torch.Tensor]:
+    """``|y|^2 - 2 x.y`` for every row and column, in blocks of rows so that no block's matrix
+    exceeds :data:`FULL_SEARCH_CELLS`."""
     step = max(256, FULL_SEARCH_CELLS // columns.shape[0])
-    return torch.cat([(part @ columns.T).argmin(1) for part in rows.split(step)])
+    return (part @ columns.T for part in rows.split(step))
+
+
+def _nearest(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """The column nearest to every row."""
+    return torch.cat([block.argmin(1) for block in _products(rows, columns)])
 
 
 def _least(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """``min (|y|^2 - 2 x.y)`` over all columns for every row, in blocks of rows so that no block's
-    matrix exceeds :data:`FULL_SEARCH_CELLS`."""
-    step = max(256, FULL_SEARCH_CELLS // columns.shape[0])
-    return torch.cat([(part @ columns.T).amin(1) for part in rows.split(step)])
+    """``min (|y|^2 - 2 x.y)`` over all columns for every row."""
+    return torch.cat([block.amin(1) for block in _products(rows, columns)])
 
 
 @dataclass
@@ -119,7 +124,7 @@ class BankIndex:
         least[torch.arange(picked.shape[0]), picked] = math.inf  # not the entry itself
         upper = (least.amin(1) + norms).clamp_min_(0).sqrt_()
         centre_dist = (rows @ self.centre_columns.T).add_(norms[:, None]).clamp_min_(0).sqrt_()
-        return self._share(centre_dist - self.radii[None, :] <= upper[:, None] * (1 + MARGIN) + MARGIN)
+        return self._share(self._unruled(centre_dist, upper))
 
     def nearest_distances(self, patches: torch.Tensor) -> torch.Tensor:
         """Distance from each patch ``(N, D)`` to its nearest bank entry ``(N,)``.
@@ -183,9 +188,14 @@ class BankIndex:
         best[order], nearest[order] = self._search(rows, order, home[order])
         upper = (best + norms).clamp_min_(0).sqrt_()
         centre_dist = to_centres.add_(norms[:, None]).clamp_min_(0).sqrt_()
-        need = centre_dist - self.radii[None, :] <= upper[:, None] * (1 + MARGIN) + MARGIN
+        need = self._unruled(centre_dist, upper)
         need[torch.arange(need.shape[0]), home] = False
         return rows, norms, best, nearest, need
+
+    def _unruled(self, centre_dist: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        """Patches x groups that the triangle inequality cannot rule out: no entry of a group is
+        nearer than its centre's distance less its radius; ``upper`` bounds each patch's answer."""
+        return centre_dist - self.radii[None, :] <= upper[:, None] * (1 + MARGIN) + MARGIN
 
     def _search(
         self, rows: torch.Tensor, patch: torch.Tensor, group: torch.Tensor

@@ -1,10 +1,17 @@
 """Typed errors with stable codes.
 
 Every error names the thing it is about (a file, a key, a model version) in ``subject``; the shell maps
-``code`` to a verdict error code and prints ``str(error)`` to people.
+``code`` to a verdict error code and prints ``str(error)`` to people. An error's ``args`` are
+``(subject, detail)``, so it is rebuilt from them: Celery's JSON result encoding (type, module, args)
+carries it across processes as the same type, never as an unpicklable wrapper.
+
+:func:`error_code` gives any exception's code, ours or not (``internal_error`` for a bug), so one input's
+failure always becomes that input's ``error`` verdict.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class DefectscanError(Exception):
@@ -12,10 +19,13 @@ class DefectscanError(Exception):
 
     code = "error"
 
-    def __init__(self, subject: str, detail: str) -> None:
-        super().__init__(f"{subject}: {detail}")
+    def __init__(self, subject: str, detail: str = "") -> None:
+        super().__init__(subject, detail)
         self.subject = subject
         self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.detail}" if self.detail else self.subject
 
     def as_dict(self) -> dict[str, str]:
         """The ``{"code", "message"}`` pair that goes into a verdict or a result file."""
@@ -74,3 +84,34 @@ class ModelFormatError(DefectscanError):
     """A model directory whose files are unreadable or inconsistent."""
 
     code = "bad_model"
+
+
+class KeyTooLongError(DefectscanError):
+    """A result's name is longer than the file system or store accepts."""
+
+    code = "key_too_long"
+
+
+class WriteFailedError(DefectscanError):
+    """A result could not be written (refused by the store, disk full, permissions)."""
+
+    code = "write_failed"
+
+
+def error_code(exc: BaseException) -> str:
+    """The verdict code for any exception: ours carry theirs; a name too long is ``key_too_long``; memory
+    exhaustion ``out_of_memory``; anything else is a bug in this input's handling, ``internal_error``."""
+    if isinstance(exc, DefectscanError):
+        return exc.code
+    if isinstance(exc, MemoryError):
+        return "out_of_memory"
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return KeyTooLongError.code
+    return "internal_error"
+
+
+def error_message(exc: BaseException) -> str:
+    """A one-line message for people: ours as they say it, others with their type."""
+    if isinstance(exc, DefectscanError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]

@@ -7,7 +7,9 @@ Every decoded image is an ``H x W x 3`` ``uint8`` RGB array, whatever it was sto
 * RGBA and LA are composited over black (a transparent pixel shows nothing printed);
 * palette, CMYK and YCbCr images are converted to RGB;
 * float images are taken as ``[0, 1]`` when their maximum is at most 1, else as ``[0, 255]``;
-* multi-frame files (TIFF pages, GIF) give their first frame.
+* multi-frame files (TIFF pages, GIF) give their first frame;
+* an EXIF orientation (a phone, or a camera mounted on its side) is applied, so the array is upright as
+  the image is displayed; :func:`decode_oriented` also returns the orientation it applied.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import warnings
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import DecodeError, EmptyFileError, TooLargeError
 
@@ -31,8 +33,11 @@ RGBImage = NDArray[np.uint8]
 Image.MAX_IMAGE_PIXELS = None
 
 
+EXIF_ORIENTATION = 0x0112
+
+
 def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> RGBImage:
-    """Decode encoded image bytes into an ``H x W x 3`` uint8 RGB array.
+    """Decode encoded image bytes into an upright ``H x W x 3`` uint8 RGB array.
 
     Args:
         data: the file's bytes (PNG, JPEG, BMP, TIFF, or anything else Pillow reads).
@@ -49,6 +54,11 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
         >>> rgb.shape, rgb.dtype
         ((12, 24, 3), dtype('uint8'))
     """
+    return decode_oriented(data, name, max_pixels)[0]
+
+
+def decode_oriented(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[RGBImage, int]:
+    """:func:`decode_image`, and the EXIF orientation it applied (1: none; 2-8: mirrored or turned)."""
     if not data:
         raise EmptyFileError(name, "the file is empty (0 bytes)")
     try:
@@ -68,10 +78,21 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
         )
     try:
         image.load()
-        array = _to_rgb(image)
+        orientation = _orientation(image)
+        upright = ImageOps.exif_transpose(image) if orientation != 1 else image
+        array = _to_rgb(upright)
     except (OSError, ValueError, SyntaxError, MemoryError) as exc:
         raise DecodeError(name, f"corrupt or truncated image data ({exc})") from None
-    return array
+    return array, orientation
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag, 1 when absent or out of range."""
+    try:
+        value = int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except (TypeError, ValueError, OSError, SyntaxError):
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def _to_rgb(image: Image.Image) -> RGBImage:

@@ -15,6 +15,7 @@ whichever path produced it. Nothing here reads or writes files: bytes in, a verd
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -29,13 +30,15 @@ from pipeline.defect_mask import type_mask
 from pipeline.errors import DefectscanError, NoMatchError
 from pipeline.geometry import placement_matrix
 from pipeline.grade import grade_regions, level_of
-from pipeline.images import DEFAULT_MAX_PIXELS, decode_image
+from pipeline.images import DEFAULT_MAX_PIXELS, decode_oriented
 from pipeline.model import AnomalyModel
 from pipeline.pairs import PairComparer
 from pipeline.regions import region_map
 from pipeline.render import heatmap_overlay, label_defects
 from pipeline.segment import Detection, Segmenter
-from pipeline.verdict import Defect, ErrorInfo, ImageInfo, Instance, ModelInfo, Verdict
+from pipeline.verdict import Defect, ImageInfo, Instance, ModelInfo, Verdict, error_verdict
+
+log = logging.getLogger("defectscan.inspection")
 
 
 @dataclass
@@ -71,16 +74,21 @@ def _guarded(
     max_pixels: int,
     body: Callable[[NDArray[np.uint8], _Clock], Inspection],
 ) -> Inspection:
-    """Decode and run ``body``; a typed error becomes an ``error`` verdict naming the image."""
+    """Decode and run ``body``; any failure becomes an ``error`` verdict naming the image (a typed error
+    with its code; anything else, a bug or memory exhaustion, as ``internal_error`` or ``out_of_memory``,
+    logged with its traceback), so one input never stops the others."""
     clock = _Clock()
     info = ImageInfo(key=key, sha256=hashlib.sha256(data).hexdigest())
     try:
         with clock.stage("decode"):
-            rgb = decode_image(data, key, max_pixels)
+            rgb, orientation = decode_oriented(data, key, max_pixels)
         info.height, info.width = rgb.shape[:2]
+        info.exif_orientation = orientation if orientation != 1 else None
         result = body(rgb, clock)
-    except DefectscanError as exc:
-        verdict = Verdict(image=info, model=model, verdict="error", error=ErrorInfo(**exc.as_dict()))
+    except Exception as exc:
+        if not isinstance(exc, DefectscanError):
+            log.exception("inspecting %s failed", info.key)
+        verdict = error_verdict(info, model, exc)
         verdict.timings_ms = clock.ms
         return Inspection(verdict)
     result.verdict.image = info

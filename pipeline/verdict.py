@@ -9,20 +9,36 @@ committed as ``docs/verdict.schema.json`` (``python -m pipeline.verdict`` prints
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from pipeline.errors import error_code, error_message
 from pipeline.lookout import DetectAnomalyResult
+from pipeline.names import printable
 
 SCHEMA = "defectscan.verdict/1"
 
+Text = Annotated[str, AfterValidator(printable)]
+"""A string that is always JSON-writable: bytes that are not UTF-8 in the escaped form (``\\xNN``)."""
+
 
 class ImageInfo(BaseModel):
-    key: str = Field(description="the image's path or storage key, relative to the inputs")
+    key: Text = Field(
+        description="the image's path or storage key, relative to the inputs; bytes that are not UTF-8 "
+        "are written \\xNN"
+    )
     width: int | None = None
     height: int | None = None
     sha256: str | None = None
+    stored_as: str | None = Field(
+        None,
+        description="the key its results are written under when its own name cannot carry them "
+        "(worker/item_keys.py); absent when the results sit beside the input's own name",
+    )
+    exif_orientation: int | None = Field(
+        None, description="the EXIF orientation (2-8) that was applied on decode; absent when upright"
+    )
 
 
 class ModelInfo(BaseModel):
@@ -69,7 +85,7 @@ class Instance(BaseModel):
 
 class ErrorInfo(BaseModel):
     code: str
-    message: str
+    message: Text
 
 
 class Verdict(BaseModel):
@@ -93,6 +109,13 @@ class Verdict(BaseModel):
     def to_json(self) -> bytes:
         skip = {"lookout"} if self.lookout is None else None
         return (self.model_dump_json(by_alias=True, indent=2, exclude=skip) + "\n").encode()
+
+
+def error_verdict(image: ImageInfo | str, model: ModelInfo, exc: BaseException) -> Verdict:
+    """The ``error`` verdict of an input, for any exception (its code from :func:`error_code`)."""
+    info = ImageInfo(key=image) if isinstance(image, str) else image
+    error = ErrorInfo(code=error_code(exc), message=error_message(exc))
+    return Verdict(image=info, model=model, verdict="error", error=error)
 
 
 def json_schema() -> str:

@@ -15,21 +15,26 @@ import time
 from pathlib import Path
 
 import click
+import redis
+from kombu.utils.url import maybe_sanitize_url
 
 from producer.console import err, progress_bar
 from producer.enqueue import enqueue_batch, storage_counts
 from producer.nightly import ENV as NIGHTLY_ENV
 from producer.nightly import Nightly, beat_argv
 from producer.options import search_options, segment_options
-from worker.app import INFERENCE_QUEUE, RETRAIN_QUEUE
+from worker.app import INFERENCE_QUEUE, RETRAIN_QUEUE, bookkeeping_url
 from worker.batch_spec import absolute_location
-from worker.batches import BatchBook, BatchCounts
+from worker.batches import BatchBook, BatchCounts, connect
+from worker.chunk_watch import is_dead, is_overdue
 from worker.dev_s3 import DevS3
 from worker.results import OutputOptions
 from worker.retrain import RetrainBook
 from worker.storage import open_storage
 
 EXIT_TIMEOUT = 3
+EXIT_STALLED = 4
+STATUS_WAIT_S = 30.0  # how long status waits for an unavailable broker before it says so
 
 
 @click.command()
@@ -82,21 +87,54 @@ def enqueue(
         OutputOptions(save_maps=save_maps, lookout_compat=lookout_compat),
         max_pixels=max_pixels,
     )
+    held = f", {done.held_images} left to running chunks" if done.held_images else ""
     err.print(
         f"batch {done.batch_id}: {done.images} images, {done.sent_images} sent in {done.sent_chunks} "
-        f"chunks; model version {done.model_version}; results in {done.location}",
+        f"chunks{held}; model version {done.model_version}; results in {done.location}",
         highlight=False,
         soft_wrap=True,
     )
     click.echo(done.batch_id)
 
 
-def _counts(batch_id: str) -> BatchCounts:
-    return BatchBook(batch_id).counts()
+def _book(batch_id: str, wait_s: float) -> BatchBook:
+    return BatchBook(batch_id, connect(wait_s=wait_s))
 
 
 def _finished(book: BatchBook, counts: BatchCounts) -> bool:
     return counts.finished and book.finalized()
+
+
+def _unavailable(exc: Exception) -> click.ClickException:
+    return click.ClickException(
+        f"the broker's Redis ({maybe_sanitize_url(bookkeeping_url())}) is unavailable: {type(exc).__name__}; "
+        "try again when it is back"
+    )
+
+
+def chunk_rows(counts: BatchCounts) -> list[dict[str, object]]:
+    """The running chunks of a batch, each ``running``, ``overdue`` (past its soft time limit) or
+    ``dead`` (no heartbeat for ``DEFECTSCAN_DEAD_AFTER_S``: a watchdog will resume it)."""
+    rows = []
+    for lease in sorted(counts.leases, key=lambda item: item.started):
+        state = (
+            "dead"
+            if is_dead(lease, counts.now)
+            else "overdue"
+            if is_overdue(lease, counts.now)
+            else "running"
+        )
+        rows.append(
+            {
+                "state": state,
+                "images": len(lease.keys),
+                "worker": lease.worker,
+                "running_s": round(counts.now - lease.started, 1),
+                "last_beat_s": round(counts.now - lease.beat, 1),
+                "attempt": lease.attempt,
+            }
+        )
+    return rows
 
 
 @click.command()
@@ -104,26 +142,45 @@ def _finished(book: BatchBook, counts: BatchCounts) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.option("--out", help="Results location: count from storage when the broker no longer knows the batch.")
 def status(batch_id: str, as_json: bool, out: str | None) -> None:
-    """Done, failed and pending counts of BATCH_ID; or the state of a retrain request (retrain-...)."""
+    """Done, failed and pending counts of BATCH_ID, and its running chunks (running, overdue, or dead:
+    their worker stopped beating); or the state of a retrain request (retrain-...)."""
     if batch_id.startswith("retrain-"):
         _retrain_status(batch_id, as_json)
         return
-    book = BatchBook(batch_id)
-    counts = book.counts()
-    if counts.total:
-        finished = _finished(book, counts)
-    elif out is not None:  # the broker's keys expired (or were lost): the files say the same
+    book = _book(batch_id, STATUS_WAIT_S)
+    try:
+        counts = book.counts()
+        finished = _finished(book, counts) if counts.total else False
+    except redis.exceptions.RedisError as exc:
+        raise _unavailable(exc) from None
+    if not counts.total:
+        if out is None:
+            raise click.ClickException(
+                f"no batch {batch_id!r} is known to the broker: give --out to count from storage; if the "
+                f"broker lost it (Redis without persistence), `defectscan enqueue ... --batch-id {batch_id}` "
+                "completes it"
+            )
+        # the broker's keys expired or were lost: the files say the same
         counts, finished = storage_counts(open_storage(absolute_location(out)).child(batch_id), batch_id)
-    else:
-        raise click.ClickException(
-            f"no batch {batch_id!r} is known to the broker (give --out to read storage)"
-        )
-    row = {"batch": batch_id, "state": "finished" if finished else "running", "total": counts.total}
+    chunks = chunk_rows(counts)
+    row: dict[str, object] = {
+        "batch": batch_id,
+        "state": "finished" if finished else "running",
+        "total": counts.total,
+    }
     row |= {"done": counts.done, "failed": counts.failed, "pending": counts.pending}
+    row["chunks"] = len(chunks)
+    row["stalled_chunks"] = sum(c["state"] != "running" for c in chunks)
     if as_json:
-        click.echo(json.dumps(row))
-    else:
-        click.echo(" ".join(f"{k} {v}" for k, v in row.items()))
+        click.echo(json.dumps({**row, "chunk_list": chunks}))
+        return
+    click.echo(" ".join(f"{k} {v}" for k, v in row.items()))
+    for chunk in chunks:
+        if chunk["state"] != "running":
+            click.echo(
+                f"  chunk of {chunk['images']} images on {chunk['worker']}: {chunk['state']} "
+                f"(running {chunk['running_s']} s, last heartbeat {chunk['last_beat_s']} s ago)"
+            )
 
 
 def _retrain_status(request_id: str, as_json: bool) -> None:
@@ -139,20 +196,54 @@ def _retrain_status(request_id: str, as_json: bool) -> None:
 @click.argument("batch_id")
 @click.option("--timeout", default=6 * 3600.0, show_default=True, type=float, help="Seconds.")
 @click.option("--interval", default=1.0, show_default=True, type=float, help="Seconds between polls.")
-def wait(batch_id: str, timeout: float, interval: float) -> None:
+@click.option(
+    "--stalled-after",
+    default=1800.0,
+    show_default=True,
+    type=float,
+    help="Seconds without an image done (and no chunk running) after which the batch counts as stalled.",
+)
+def wait(batch_id: str, timeout: float, interval: float, stalled_after: float) -> None:
     """Wait until BATCH_ID is finished (failed images included) and its summary is written.
 
-    Exits 0 when finished, 3 on timeout."""
-    book = BatchBook(batch_id)
+    Rides through broker restarts. Exits 0 when finished, 3 on timeout, 4 when the batch is stalled:
+    images pending, none done for --stalled-after seconds, and no chunk running."""
+    book = _book(batch_id, interval)
     deadline = time.monotonic() + timeout
-    counts = book.counts()
-    with progress_bar(max(counts.total, 1), f"batch {batch_id}") as bar:
+    counts, away = BatchCounts(0, 0, 0), False
+    progress, progressed_at = -1, time.monotonic()
+    with progress_bar(1, f"batch {batch_id}") as bar:
         while True:
-            counts = book.counts()
+            try:
+                counts = book.counts()
+                finished = _finished(book, counts)
+                if away:
+                    err.print("the broker is back", highlight=False)
+                    away = False
+            except redis.exceptions.RedisError as exc:
+                if not away:
+                    err.print(
+                        f"the broker is unavailable ({type(exc).__name__}); waiting for it", highlight=False
+                    )
+                    away = True
+                finished = False
             bar.update(bar.task_ids[0], total=max(counts.total, 1), completed=counts.done + counts.failed)
-            if _finished(book, counts):
+            if finished:
                 break
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            live = any(not is_dead(lease, counts.now) for lease in counts.leases)
+            if counts.done + counts.failed != progress or live or away:
+                progress, progressed_at = counts.done + counts.failed, now
+            if now - progressed_at > stalled_after:
+                err.print(
+                    f"stalled: {counts.pending} of {counts.total} images pending, none done for "
+                    f"{stalled_after:.0f} s and no chunk running; check the workers, or re-run "
+                    f"`defectscan enqueue ... --batch-id {batch_id}` to send the pending images again",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                sys.exit(EXIT_STALLED)
+            if now > deadline:
                 err.print(f"timed out: {counts.pending} of {counts.total} images pending", highlight=False)
                 sys.exit(EXIT_TIMEOUT)
             time.sleep(interval)

@@ -348,7 +348,7 @@ def inspect(
         def report(key: str, verdict: Verdict) -> None:
             bar.advance(bar.task_ids[0])
             if verdict.error is not None:
-                print_error(f"{key}: {verdict.error.message}", verdict.error.code)
+                print_error(verdict.error.message, verdict.error.code)
 
         options = OutputOptions(save_maps=save_maps, lookout_compat=lookout_compat)
         summary = run_inspection(items, run, info, storage, options, report)

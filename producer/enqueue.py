@@ -6,9 +6,15 @@
    line per input: key, size, etag) and then ``batch.json`` (the request, with the pinned model).
 3. A batch id that exists already keeps its request and manifest, whatever has changed since: a rerun
    inspects the same inputs with the same model. Inputs that have a verdict under ``items/`` are
-   recorded as done; only the others are sent. Nothing pending and no ``_SUCCESS``: finalize is sent.
+   recorded as done; inputs held by a running chunk (a live lease) are left to it and counted in the
+   answer (``held``); only the others are sent. Nothing pending and no ``_SUCCESS``: finalize is sent.
+   A batch whose bookkeeping was lost (Redis without persistence) is completed this way.
 4. One ``defectscan.inspect_chunk`` task per chunk of ``chunk`` keys, in manifest order, on the
-   ``inference`` queue or the ``queue`` given (for example a queue per line, served by its own workers).
+   ``inference`` queue or the ``queue`` given (for example a queue per line, served by its own workers),
+   each with time limits set from its size (:func:`worker.chunks.send_chunk`).
+
+Results go under each input's item key (:mod:`worker.item_keys`); the manifest line of an input whose
+name cannot carry them records where they go (``item``).
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ from pipeline.errors import InvalidArgumentError
 from pipeline.images import DEFAULT_MAX_PIXELS
 from pipeline.segment import SegmentOptions
 from pipeline.verdict import Verdict
-from worker.app import app
+from worker.app import app, send_chunk
 from worker.batch_spec import ITEMS, MANIFEST, TEMPLATE_KEY, BatchSpec, absolute_location, manifest_keys
 from worker.batches import BatchBook, BatchCounts
 from worker.datasets import IMAGE_SUFFIXES
+from worker.item_keys import item_key
 from worker.model_cache import resolve_model
 from worker.results import OutputOptions
 from worker.storage import Storage, open_storage, read_location
@@ -42,6 +49,7 @@ class Enqueued:
     sent_chunks: int
     model_version: str
     finalize_sent: bool
+    held_images: int = 0  # pending images left to running chunks
 
 
 def new_batch_id(now: datetime | None = None) -> str:
@@ -71,7 +79,7 @@ def _create(
     images = list_images(open_storage(inputs))
     if template is not None:
         store.put(TEMPLATE_KEY, read_location(template), "image/png")
-    manifest = "".join(json.dumps({"key": k, "size": s, "etag": e}) + "\n" for k, s, e in images)
+    manifest = "".join(json.dumps(_manifest_line(k, s, e)) + "\n" for k, s, e in images)
     store.put(MANIFEST, manifest.encode(), "application/x-ndjson")
     spec = BatchSpec(
         batch_id=batch_id,
@@ -89,8 +97,15 @@ def _create(
     return spec
 
 
+def _manifest_line(key: str, size: int, etag: str) -> dict[str, object]:
+    line: dict[str, object] = {"key": key, "size": size, "etag": etag}
+    if item_key(key) != key:
+        line["item"] = item_key(key)
+    return line
+
+
 def existing_verdicts(store: Storage, recorded: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``{input key: verdict}`` for every verdict already under ``items/`` (a rerun). A verdict the
+    """``{item key: verdict}`` for every verdict already under ``items/`` (a rerun). A verdict the
     broker has on ``recorded`` is taken from there; only the others are read from storage."""
     known: dict[str, str] = {}
     items = store.child(ITEMS)
@@ -146,19 +161,30 @@ def enqueue_batch(
         )
     keys = manifest_keys(store)
     book = book_factory(batch_id)
-    inputs_set = set(keys)
-    known = {k: v for k, v in existing_verdicts(store, book.results()).items() if k in inputs_set}
+    items = {item_key(k) for k in keys}
+    known = {k: v for k, v in existing_verdicts(store, book.results()).items() if k in items}
     book.start(len(keys), known)
-    pending = [k for k in keys if k not in known]
+    held = {k for lease in book.leases() for k in lease.keys}
+    pending = [k for k in keys if item_key(k) not in known]
+    sent = [k for k in pending if k not in held]
     size = max(spec.chunk, 1)
-    chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
+    chunks = [sent[i : i + size] for i in range(0, len(sent), size)]
     for part in chunks:
-        app.send_task("defectscan.inspect_chunk", args=[location, part], queue=queue)
+        send_chunk(location, part, queue=queue)
     finalize = False
     if not pending and not store.exists("_SUCCESS") and book.claim_finalize():
         app.send_task("defectscan.finalize_batch", args=[location], queue=queue)
         finalize = True
-    return Enqueued(batch_id, location, len(keys), len(pending), len(chunks), spec.model_version, finalize)
+    return Enqueued(
+        batch_id,
+        location,
+        len(keys),
+        len(sent),
+        len(chunks),
+        spec.model_version,
+        finalize,
+        len(pending) - len(sent),
+    )
 
 
 def storage_counts(store: Storage, batch_id: str) -> tuple[BatchCounts, bool]:
@@ -167,6 +193,6 @@ def storage_counts(store: Storage, batch_id: str) -> tuple[BatchCounts, bool]:
         raise InvalidArgumentError(batch_id, f"no batch at {store.location}")
     keys = manifest_keys(store)
     verdicts = existing_verdicts(store)
-    known = [verdicts[k] for k in keys if k in verdicts]
+    known = [verdicts[item_key(k)] for k in keys if item_key(k) in verdicts]
     failed = sum(v == "error" for v in known)
     return BatchCounts(len(keys), len(known) - failed, failed), store.exists("_SUCCESS")

@@ -1,19 +1,25 @@
 """The local ``defectscan inspect``: every image under a folder (or every pair of a pairs CSV), inspected
 with :mod:`pipeline.inspection`, verdicts and pictures written beside each other under ``OUT`` by
 :func:`worker.results.write_inspection` (the workers write the same files), and ``summary.json`` last.
-An image that fails gets an ``error`` verdict and the run goes on.
+
+Every input gets exactly one verdict: a failure to read, decode, inspect or write one image is that
+image's ``error`` verdict (with its code), and the run goes on to the next and always ends with the
+summary.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.errors import DefectscanError
 from pipeline.inspection import Inspection
-from pipeline.verdict import ErrorInfo, ImageInfo, ModelInfo, Verdict
+from pipeline.verdict import ModelInfo, Verdict, error_verdict
 from worker.results import OutputOptions, Summary, write_inspection
 from worker.storage import Storage, read_local
+
+log = logging.getLogger("defectscan.inspect")
 
 
 def run_inspection(
@@ -28,18 +34,18 @@ def run_inspection(
     summary = Summary()
     for key, path in items:
         try:
-            data = read_local(path)
-        except DefectscanError as exc:
-            result = Inspection(
-                Verdict(
-                    image=ImageInfo(key=key), model=model, verdict="error", error=ErrorInfo(**exc.as_dict())
-                )
-            )
-        else:
-            result = inspect(data, key)
-        write_inspection(out, key, result, options or OutputOptions())
-        summary.add(result.verdict)
+            result = inspect(read_local(path), key)
+        except Exception as exc:  # inspect() turns its own failures into verdicts; this is the rest
+            if not isinstance(exc, DefectscanError):
+                log.exception("inspecting %r failed", key)
+            result = Inspection(error_verdict(key, model, exc))
+        try:
+            verdict = write_inspection(out, key, result, options or OutputOptions())
+        except Exception as exc:  # not even the error verdict could be written: the summary says so
+            log.exception("writing the results of %r failed", key)
+            verdict = error_verdict(result.verdict.image, model, exc)
+        summary.add(verdict)
         if on_image is not None:
-            on_image(key, result.verdict)
+            on_image(key, verdict)
     out.put("summary.json", summary.to_json(), "application/json")
     return summary

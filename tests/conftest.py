@@ -6,7 +6,6 @@ import ipaddress
 import os
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +17,16 @@ from pipeline.images import encode_png
 from pipeline.synth import Sheet, generate_sheet, reference_template, render_instance
 from producer.batch_cli import worker_argv
 from worker.app import app
+from worker.dev_redis import DevRedis
 from worker.dev_s3 import DevS3
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ["DEFECTSCAN_BROKER_URL"] = "redis://127.0.0.1:6379/11"  # before worker.app reads it
-os.environ.pop("DEFECTSCAN_RESULT_BACKEND", None)
+# Before worker.app reads it: a port nothing listens on, until the `env` fixture points everything at
+# the tests' own server. Nothing here connects to a Redis the machine happens to run.
+os.environ["DEFECTSCAN_BROKER_URL"] = "redis://127.0.0.1:9/0"
+os.environ["DEFECTSCAN_REDIS_WAIT_S"] = "20"
+for _name in ("DEFECTSCAN_RESULT_BACKEND", "DEFECTSCAN_REDIS_URL"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(autouse=True)
@@ -98,46 +102,22 @@ def bucket(dev_s3: DevS3) -> str:
 
 
 ROOT = Path(__file__).resolve().parents[1]
-REDIS_DB = 11  # the tests' own database (as DEFECTSCAN_BROKER_URL above); they delete only their keys
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The local Redis (started as CI starts it when it is not running), on the tests' own database."""
-    import redis
-
-    url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+def dev_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevRedis]:
+    """The tests' own Redis-compatible server (valkey) on a free port, with AOF, stopped by PID."""
+    server = DevRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
     try:
-        redis.Redis.from_url(url).ping()
-    except redis.exceptions.ConnectionError:
-        subprocess.run(
-            [
-                "redis-server",
-                "--daemonize",
-                "yes",
-                "--bind",
-                "127.0.0.1",
-                "-::1",
-                "--port",
-                "6379",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                "/var/lib/redis",
-                "--logfile",
-                "/var/log/redis/ci.log",
-            ],
-            check=True,
-        )
-        for _ in range(50):
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.1)
-    return url
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(dev_redis: DevRedis) -> str:
+    return dev_redis.url(11)
 
 
 @pytest.fixture(scope="session")

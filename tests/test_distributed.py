@@ -24,9 +24,9 @@ from producer.synth_files import aligned_ok_crops, publish_model, write_sheet_im
 from tests.conftest import start_worker, stop_workers
 from worker.batch_spec import BatchSpec
 from worker.batches import PREFIX
+from worker.chunks import inspect_keys
 from worker.dev_s3 import DevS3, free_ports
 from worker.storage import LocalStorage, S3Storage
-from worker.tasks import inspect_keys
 
 SPEC = SheetSpec(width=1000, height=420, rows=1, cols=2)
 METRICS_PORTS: list[int] = []  # each worker's Prometheus port
@@ -136,6 +136,9 @@ def test_a_nightly_batch_runs_on_two_workers_and_reruns_idempotently(
             "done": SHEETS,
             "failed": 1,
             "pending": 0,
+            "chunks": 0,
+            "stalled_chunks": 0,
+            "chunk_list": [],
         }
 
         again = enqueue_batch(

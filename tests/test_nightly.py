@@ -59,7 +59,8 @@ def test_the_nightly_task_enqueues_yesterdays_prefix_once(
         assert CliRunner().invoke(cli, args).exit_code != 0  # the broker alone no longer knows it
         counted = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "out")])
         expected = {"batch": "nightly-2026-11-28", "state": "running", "total": 1}
-        assert json.loads(counted.stdout) == expected | {"done": 1, "failed": 0, "pending": 0}
+        counts = {"done": 1, "failed": 0, "pending": 0, "chunks": 0, "stalled_chunks": 0, "chunk_list": []}
+        assert json.loads(counted.stdout) == expected | counts
     finally:
         ours = [
             *client.scan_iter(f"{PREFIX}nightly-2026-11-28:*"),

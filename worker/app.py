@@ -4,10 +4,16 @@ Configuration comes from the environment, so a worker node needs only variables:
 
 * ``DEFECTSCAN_BROKER_URL`` (default ``redis://127.0.0.1:6379/0``) and ``DEFECTSCAN_RESULT_BACKEND``
   (default: the broker). Batch bookkeeping (:mod:`worker.batches`) lives in the broker's Redis.
-* ``DEFECTSCAN_SOFT_TIME_LIMIT`` (default 1500 s) and ``DEFECTSCAN_TIME_LIMIT`` (default 1800 s) per task;
-  the broker's ``visibility_timeout`` is set 10 minutes above the hard limit, so Redis never redelivers a
-  task that is still running (``acks_late``: a task is acknowledged when it has finished, and a worker
-  that dies mid-task has its task redelivered, ``task_reject_on_worker_lost``).
+* ``DEFECTSCAN_REDIS_URL``: the Redis that keeps batch bookkeeping (:mod:`worker.batches`); by default
+  the broker's URL when the broker is Redis. With RabbitMQ as the broker it must be set.
+* Time limits are set per chunk from its size (:func:`chunk_limits`): a soft limit of
+  ``DEFECTSCAN_CHUNK_BASE_S`` (default 120 s, model loading) plus ``DEFECTSCAN_IMAGE_S`` (default 60 s)
+  per image, capped at ``DEFECTSCAN_SOFT_TIME_LIMIT`` (default 1500 s); the hard limit 60 s later, at
+  most ``DEFECTSCAN_TIME_LIMIT`` (default 1800 s). Redis's ``visibility_timeout`` is 10 minutes above the
+  largest hard limit, so Redis never redelivers a task that is still running (``acks_late``: a task is
+  acknowledged when it has finished). A worker that dies mid-chunk is not waited for that long: its
+  chunk's lease stops beating and another worker re-sends the rest of the chunk within about a minute
+  (:mod:`worker.chunk_watch`).
 
 Tasks are routed by name: ``defectscan.inspect_chunk`` and ``defectscan.finalize_batch`` to the
 ``inference`` queue, ``defectscan.retrain`` to ``retrain``, and the nightly enqueue to ``schedule``,
@@ -23,20 +29,48 @@ from celery import Celery
 INFERENCE_QUEUE, RETRAIN_QUEUE = "inference", "retrain"
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def broker_url() -> str:
     return os.environ.get("DEFECTSCAN_BROKER_URL", "redis://127.0.0.1:6379/0")
 
 
-def make_app() -> Celery:
+def bookkeeping_url() -> str:
+    """The Redis of the batch bookkeeping: ``DEFECTSCAN_REDIS_URL``, else the broker when it is Redis."""
+    explicit = os.environ.get("DEFECTSCAN_REDIS_URL")
+    if explicit:
+        return explicit
+    broker = broker_url()
+    if broker.startswith(REDIS_SCHEMES):
+        return broker
+    raise ValueError("with a broker that is not Redis, set DEFECTSCAN_REDIS_URL for the batch bookkeeping")
+
+
+def _limits() -> tuple[int, int]:
     soft = int(os.environ.get("DEFECTSCAN_SOFT_TIME_LIMIT", "1500"))
     hard = int(os.environ.get("DEFECTSCAN_TIME_LIMIT", "1800"))
     if not 0 < soft < hard:
         raise ValueError(f"DEFECTSCAN_SOFT_TIME_LIMIT ({soft}) must be below DEFECTSCAN_TIME_LIMIT ({hard})")
+    return soft, hard
+
+
+def chunk_limits(images: int) -> tuple[int, int]:
+    """``(soft, hard)`` time limits in seconds for a chunk of ``images`` images."""
+    soft_cap, hard_cap = _limits()
+    base = float(os.environ.get("DEFECTSCAN_CHUNK_BASE_S", "120"))
+    per_image = float(os.environ.get("DEFECTSCAN_IMAGE_S", "60"))
+    soft = min(int(base + per_image * max(images, 1)), soft_cap)
+    return soft, min(soft + 60, hard_cap)
+
+
+def make_app() -> Celery:
+    soft, hard = _limits()
     broker = broker_url()
     celery = Celery("defectscan", include=["worker.tasks", "worker.retrain"])
     celery.conf.update(
         broker_url=broker,
-        result_backend=os.environ.get("DEFECTSCAN_RESULT_BACKEND", broker),
+        result_backend=os.environ.get("DEFECTSCAN_RESULT_BACKEND") or _result_backend(broker),
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -57,6 +91,9 @@ def make_app() -> Celery:
             "defectscan.enqueue_nightly": {"queue": "schedule"},  # the beat process (producer/nightly.py)
         },
         broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,  # a broker restart is waited for, however long
+        worker_cancel_long_running_tasks_on_connection_loss=False,  # they are idempotent: let them finish
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         task_track_started=True,
@@ -64,4 +101,27 @@ def make_app() -> Celery:
     return celery
 
 
+def _result_backend(broker: str) -> str:
+    """Results (only retrain requests keep any) go to the broker when it is Redis, else bookkeeping's."""
+    if broker.startswith(REDIS_SCHEMES):
+        return broker
+    try:
+        return bookkeeping_url()
+    except ValueError:
+        return "rpc://"
+
+
 app = make_app()
+
+
+def send_chunk(location: str, keys: list[str], attempt: int = 0, queue: str | None = None) -> None:
+    """One ``defectscan.inspect_chunk`` task, with time limits set from its size."""
+    soft, hard = chunk_limits(len(keys))
+    app.send_task(
+        "defectscan.inspect_chunk",
+        args=[location, keys],
+        kwargs={"attempt": attempt} if attempt else {},
+        queue=queue,
+        soft_time_limit=soft,
+        time_limit=hard,
+    )

@@ -110,12 +110,21 @@ class DevS3:
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
-    def start(self, timeout: float = 60.0, buckets: tuple[str, ...] = ()) -> S3Credentials:
-        """Start the store, create ``buckets``, then write ``s3.env`` (its presence means ready)."""
+    def start(
+        self, timeout: float = 60.0, buckets: tuple[str, ...] = (), again: bool = False
+    ) -> S3Credentials:
+        """Start the store, create ``buckets``, then write ``s3.env`` (its presence means ready).
+
+        ``again``: after :meth:`stop`, start on the same data, endpoint and credentials (an outage ends)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         s3, master, volume, filer, admin = free_ports(5)
-        s3 = self.s3_port or s3
-        creds = S3Credentials(f"http://127.0.0.1:{s3}", "dev" + secrets.token_hex(8), secrets.token_hex(20))
+        if again and self.credentials is not None:
+            creds = self.credentials
+            s3 = int(creds.endpoint_url.rsplit(":", 1)[1])
+        else:
+            s3 = self.s3_port or s3
+            access, secret = "dev" + secrets.token_hex(8), secrets.token_hex(20)
+            creds = S3Credentials(f"http://127.0.0.1:{s3}", access, secret)
         args = [
             weed_binary(),
             "mini",

@@ -2,8 +2,9 @@
 
 A *location* is ``s3://bucket/prefix`` or a local path; :func:`open_storage` turns it into a
 :class:`Storage` rooted there. A *key* is a relative, slash-separated path under that root. Keys never
-escape their root: absolute keys, ``..`` and ``.`` segments, backslashes and empty segments are refused
-(:class:`BadKeyError`).
+escape their root: absolute keys, ``..`` and ``.`` segments, empty segments and NUL are refused
+(:class:`BadKeyError`). Any other character is part of a name, a backslash too: on POSIX file systems and
+S3 it separates nothing, and inputs are named so.
 
 **Writes are whole objects.** Locally, a write goes to a temporary file beside the target that is
 renamed into place; on S3 a ``PutObject`` is atomic. A reader never sees half an object, and a task that
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from pipeline.errors import DefectscanError, UnreadableError
+from pipeline.errors import DefectscanError, KeyTooLongError, UnreadableError, WriteFailedError
 
 
 class BadKeyError(DefectscanError):
@@ -50,8 +51,8 @@ def safe_key(key: str) -> str:
         >>> safe_key("line3/0001.png")
         'line3/0001.png'
     """
-    if not key or "\\" in key or "\x00" in key:
-        raise BadKeyError(repr(key), "keys are non-empty, slash-separated and without backslashes")
+    if not key or "\x00" in key:
+        raise BadKeyError(repr(key), "keys are non-empty and without NUL")
     path = PurePosixPath(key)
     if path.is_absolute() or any(part in ("", ".", "..") for part in key.split("/")):
         raise BadKeyError(repr(key), "keys are relative and contain no '.', '..' or empty segments")
@@ -273,14 +274,18 @@ class S3Storage:
     def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
         full = self._full(key)
         extra = {"ContentType": content_type} if content_type else {}
-        self._call(
-            f"s3://{self.bucket}/{full}",
-            self.client.put_object,
-            Bucket=self.bucket,
-            Key=full,
-            Body=data,
-            **extra,
-        )
+        try:
+            self._call(
+                f"s3://{self.bucket}/{full}",
+                self.client.put_object,
+                Bucket=self.bucket,
+                Key=full,
+                Body=data,
+                **extra,
+            )
+        except UnreadableError as exc:  # refused, not unavailable: name the write's failure
+            kind = KeyTooLongError if "KeyTooLong" in exc.detail else WriteFailedError
+            raise kind(exc.subject, exc.detail) from None
 
     def _pages(self, prefix: str, delimiter: str | None) -> Iterator[dict[str, Any]]:
         full = self._full(prefix) + "/" if prefix.strip("/") else (self.prefix + "/" if self.prefix else "")

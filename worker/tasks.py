@@ -1,20 +1,23 @@
-"""The Celery tasks: thin shells over :mod:`pipeline.inspection` and :mod:`worker.results`.
+"""The Celery tasks: thin shells over :mod:`worker.chunks`, :mod:`pipeline.inspection` and
+:mod:`worker.results`.
 
 ``inspect_chunk(batch, keys)`` inspects a chunk of a batch's inputs and writes each one's verdict and
-pictures under ``<batch>/items/`` (the same files the local ``inspect`` writes), then records the chunk in
-Redis (:mod:`worker.batches`); the chunk that completes the batch enqueues ``finalize_batch(batch)``,
-which writes ``summary.json`` from the verdicts in storage and then ``_SUCCESS``.
+pictures under ``<batch>/items/`` (the same files the local ``inspect`` writes), recording each image in
+Redis (:mod:`worker.batches`) as it is written; the image that completes the batch enqueues
+``finalize_batch(batch)``, which writes ``summary.json`` from the verdicts in storage and then
+``_SUCCESS``.
 
-* The batch's request (``batch.json``) and template are read once per process and batch; the pinned
-  model comes from a per-process LRU cache (:mod:`worker.model_cache`), loaded on the first task.
 * While one image computes, the chunk's next images are being fetched on two threads, and the previous
-  image's files are being written on a third (in order: pictures, then verdict). (Fetching the
-  *next chunk* would need the next task reserved, which ``worker_prefetch_multiplier=1`` with late
-  acknowledgement rules out; the in-chunk pipeline gives the same overlap except at chunk edges.)
-* A model that cannot be loaded (unknown version, bad files) gives every image of the chunk an error
-  verdict naming it, and the batch goes on. A storage outage (:class:`StorageUnavailableError`) or a
-  lost Redis connection retries the whole chunk with exponential backoff: every write is whole and at a
-  deterministic key, so a rerun rewrites the same files.
+  image's files are being written on a third (in order: pictures, then verdict).
+* Every image gets exactly one verdict: one image's failure is its ``error`` verdict; a model that
+  cannot be loaded gives every image of the chunk an error verdict naming it.
+* A storage outage (:class:`StorageUnavailableError`) retries the chunk with exponential backoff (every
+  write is whole and at a deterministic key); a lost Redis connection is waited for inside the task
+  (:func:`worker.batches.connect`). Any other failure of the chunk is retried twice, then its images get
+  ``chunk_failed`` verdicts (:func:`worker.chunks.settle`), so the batch finishes.
+* A running chunk holds a lease with a heartbeat, and every worker runs a watchdog that resumes the
+  chunks of dead workers (:mod:`worker.chunk_watch`); a chunk past its soft time limit is resumed the
+  same way (:func:`worker.chunks.resume`).
 """
 
 from __future__ import annotations
@@ -22,38 +25,37 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
 import redis
-from celery.signals import worker_ready
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_ready, worker_shutdown
 
-from pipeline.errors import DefectscanError
-from pipeline.images import decode_image
-from pipeline.inspection import Inspection, inspect_image
-from pipeline.segment import Segmenter
-from pipeline.verdict import ErrorInfo, ImageInfo, ModelInfo, Verdict
+from pipeline.verdict import Verdict
 from worker import metrics
-from worker.app import app
-from worker.batch_spec import ITEMS, TEMPLATE_KEY, BatchSpec, manifest_keys
-from worker.batches import BatchBook
-from worker.model_cache import ModelCache
-from worker.results import Summary, write_inspection
-from worker.storage import Storage, StorageUnavailableError, open_storage
+from worker.app import app, chunk_limits
+from worker.batch_spec import ITEMS, manifest_keys
+from worker.batches import BatchBook, Lease
+from worker.chunk_watch import ChunkLease, Watchdog
+from worker.chunks import (
+    ChunkTimeoutError,
+    batch_context,
+    chunk_failure,
+    resume,
+    run_chunk,
+    settle,
+    unrecorded,
+)
+from worker.item_keys import item_key
+from worker.results import Summary
+from worker.storage import StorageUnavailableError, open_storage
 
 log = logging.getLogger("defectscan.worker")
-MODELS = ModelCache()
 RETRYABLE = (StorageUnavailableError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-RETRIED: dict[str, Any] = {  # both tasks: a transient failure reruns the whole task, with backoff
-    "ignore_result": True,
-    "autoretry_for": RETRYABLE,
-    "retry_backoff": 2,
-    "retry_backoff_max": 300,
-    "retry_jitter": True,
-    "max_retries": 10,
-}
+CHUNK_RETRIES = 10  # for an unavailable store, with backoff (about half an hour in all)
+FAILURE_RETRIES = 2  # for anything else, before the chunk's images get chunk_failed verdicts
+WATCHDOG: list[Watchdog] = []
 
 
 @lru_cache(maxsize=1)
@@ -68,101 +70,96 @@ def configure_threads() -> int:
     return int(torch.get_num_threads())
 
 
-@lru_cache(maxsize=8)
-def batch_context(batch_location: str) -> tuple[BatchSpec, Segmenter | None]:
-    """The batch's request and its segmenter (if it has a template), read once per process."""
-    store = open_storage(batch_location)
-    spec = BatchSpec.model_validate_json(store.get("batch.json"))
-    segmenter = None
-    if spec.template:
-        template = decode_image(store.get(TEMPLATE_KEY), f"{batch_location}/{TEMPLATE_KEY}")
-        segmenter = Segmenter(template, spec.segment_options())
-    return spec, segmenter
+def _backoff(retries: int) -> float:
+    return float(min(2 ** (retries + 1), 300))
 
 
-def _fetch(store: Storage, key: str) -> bytes | DefectscanError:
+def _retry(task: Any, held: ChunkLease, exc: BaseException) -> None:
+    """Hand the chunk back to the broker for a later try; if the broker cannot take it, keep the lease
+    for the watchdog (which resumes it once it stops beating)."""
     try:
-        return store.get(key)
-    except StorageUnavailableError:
-        raise
-    except DefectscanError as exc:
-        return exc
+        retry = task.retry(exc=exc, countdown=_backoff(task.request.retries), throw=False)
+    except Exception:
+        held.abandon()
+        raise exc from None
+    raise retry
 
 
-def _error(key: str, info: ModelInfo, exc: DefectscanError) -> Inspection:
-    return Inspection(
-        Verdict(image=ImageInfo(key=key), model=info, verdict="error", error=ErrorInfo(**exc.as_dict()))
-    )
-
-
-def inspect_keys(spec: BatchSpec, segmenter: Segmenter | None, keys: list[str]) -> Iterator[Inspection]:
-    """Each key's inspection, fetching ahead on threads while the current image computes."""
-    info = ModelInfo(product=spec.product, version=spec.model_version, method="unknown")
-    try:
-        model = MODELS.get(spec.model, spec.model_version)
-    except StorageUnavailableError:
-        raise
-    except DefectscanError as exc:
-        yield from (_error(key, info, exc) for key in keys)
-        return
-    info.method = model.config.method
-    inputs = open_storage(spec.inputs)
-    with ThreadPoolExecutor(2, thread_name_prefix="fetch") as pool:
-        for key, data in zip(keys, pool.map(lambda k: _fetch(inputs, k), keys), strict=True):
-            if isinstance(data, DefectscanError):
-                yield _error(key, info, data)
-                continue
-            yield inspect_image(data, key, model, segmenter, spec.product, spec.min_area, spec.max_pixels)
-
-
-@app.task(name="defectscan.inspect_chunk", **RETRIED)
-def inspect_chunk(batch_location: str, keys: list[str]) -> dict[str, Any]:
+@app.task(bind=True, name="defectscan.inspect_chunk", ignore_result=True, max_retries=CHUNK_RETRIES)
+def inspect_chunk(self: Any, batch_location: str, keys: list[str], attempt: int = 0) -> dict[str, Any]:
     start = time.perf_counter()
     configure_threads()
     metrics.serve()
-    spec, segmenter = batch_context(batch_location)
-    items = open_storage(batch_location).child(ITEMS)
-    results: dict[str, str] = {}
-    with ThreadPoolExecutor(1, thread_name_prefix="write") as writer:  # one image's files in order
-        pending = []
-        for result in inspect_keys(spec, segmenter, keys):
-            key = result.verdict.image.key
-            pending.append(writer.submit(write_inspection, items, key, result, spec.outputs))
-            results[key] = result.verdict.verdict
-            metrics.observe(result.verdict)
-        for done in pending:
-            done.result()  # every file is written before the chunk counts; a failure retries it
-    book = BatchBook(spec.batch_id)
-    recorded, total = book.record(results)
+    try:
+        spec, segmenter = batch_context(batch_location)
+        book = BatchBook(spec.batch_id)
+        if book.finalized() or book.finalizing():
+            log.info("batch %s is finished: a chunk of %d images skipped", spec.batch_id, len(keys))
+            return {"images": 0}
+        todo = unrecorded(book, keys)
+    except RETRYABLE as exc:
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
+    if not todo:
+        return {"images": 0}
+    queue = (self.request.delivery_info or {}).get("routing_key")
+    soft, _ = chunk_limits(len(todo))
+    lease = Lease(
+        self.request.id, todo, self.request.hostname or "", queue, 0.0, 0.0, soft, batch_location, attempt
+    )
+    with ChunkLease(book, lease) as held:
+        try:
+            kept = run_chunk(spec, segmenter, batch_location, todo, book)
+        except SoftTimeLimitExceeded:
+            log.warning("batch %s: chunk over its %d s limit; resuming the rest", spec.batch_id, soft)
+            resume(lease, spec.batch_id, ChunkTimeoutError)
+            return {"images": len(todo) - len(unrecorded(book, todo)), "timed_out": True}
+        except Exception as exc:
+            retryable = isinstance(exc, RETRYABLE)
+            if self.request.retries < (CHUNK_RETRIES if retryable else FAILURE_RETRIES):
+                if not retryable:
+                    log.exception("batch %s: chunk failed; retrying", spec.batch_id)
+                _retry(self, held, exc)
+            try:
+                settle(spec, batch_location, book, todo, chunk_failure(exc))
+            except Exception:
+                held.abandon()  # not even the error verdicts could be written: the watchdog resumes it
+                raise
+            return {"images": len(todo), "settled": True}
     seconds = time.perf_counter() - start
     metrics.CHUNK_SECONDS.observe(seconds)
     log.info(
-        "batch %s: chunk of %d images in %.2f s (%.2f img/s); %d of %d recorded",
+        "batch %s: chunk of %d images in %.2f s (%.2f img/s); %d kept",
         spec.batch_id,
-        len(keys),
+        len(todo),
         seconds,
-        len(keys) / max(seconds, 1e-9),
-        recorded,
-        total,
+        len(todo) / max(seconds, 1e-9),
+        kept,
     )
-    if total and recorded >= total and book.claim_finalize():
-        finalize_batch.delay(batch_location)
-    return {"images": len(keys), "seconds": round(seconds, 3)}
+    return {"images": kept, "seconds": round(seconds, 3)}
 
 
-@app.task(name="defectscan.finalize_batch", **RETRIED)
+@app.task(
+    name="defectscan.finalize_batch",
+    ignore_result=True,
+    autoretry_for=RETRYABLE,
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=CHUNK_RETRIES,
+)
 def finalize_batch(batch_location: str) -> None:
     """``summary.json`` from every verdict in storage (manifest order), then ``_SUCCESS``, last."""
     spec, _ = batch_context(batch_location)
     store = open_storage(batch_location)
     items = store.child(ITEMS)
     book = BatchBook(spec.batch_id)
+    if book.finalized():
+        return
     try:
         keys = manifest_keys(store)
         summary = Summary(batch_id=spec.batch_id)
-        with ThreadPoolExecutor(8, thread_name_prefix="summary") as pool:
-            for raw in pool.map(lambda k: items.get(f"{k}.json"), keys):
-                summary.add(Verdict.model_validate_json(raw))
+        for verdict in _verdicts(items, keys):
+            summary.add(verdict)
         store.put("summary.json", summary.to_json(), "application/json")
         store.put("_SUCCESS", b"", "text/plain")
     except BaseException:
@@ -172,6 +169,21 @@ def finalize_batch(batch_location: str) -> None:
     log.info("batch %s finalized: %d images, %s", spec.batch_id, summary.images, summary.verdicts)
 
 
+def _verdicts(items: Any, keys: list[str]) -> list[Verdict]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8, thread_name_prefix="summary") as pool:
+        raw = list(pool.map(lambda k: items.get(f"{item_key(k)}.json"), keys))
+    return [Verdict.model_validate_json(r) for r in raw]
+
+
 @worker_ready.connect
 def _announce(sender: Any = None, **_: Any) -> None:
     log.info("defectscan worker ready: %s", getattr(sender, "hostname", "worker"))
+    WATCHDOG.append(Watchdog(resume).start())
+
+
+@worker_shutdown.connect
+def _stop_watchdog(**_: Any) -> None:
+    for watchdog in WATCHDOG:
+        watchdog.stop()

@@ -73,10 +73,12 @@ def _guarded(
     model: ModelInfo,
     max_pixels: int,
     body: Callable[[NDArray[np.uint8], _Clock], Inspection],
+    passes: tuple[type[BaseException], ...] = (),
 ) -> Inspection:
     """Decode and run ``body``; any failure becomes an ``error`` verdict naming the image (a typed error
     with its code; anything else, a bug or memory exhaustion, as ``internal_error`` or ``out_of_memory``,
-    logged with its traceback), so one input never stops the others."""
+    logged with its traceback), so one input never stops the others. Exceptions of the ``passes`` types
+    are the caller's (an interruption such as a task's time limit) and are raised on."""
     clock = _Clock()
     info = ImageInfo(key=key, sha256=hashlib.sha256(data).hexdigest())
     try:
@@ -85,6 +87,8 @@ def _guarded(
         info.height, info.width = rgb.shape[:2]
         info.exif_orientation = orientation if orientation != 1 else None
         result = body(rgb, clock)
+    except passes:
+        raise
     except Exception as exc:
         if not isinstance(exc, DefectscanError):
             log.exception("inspecting %s failed", info.key)
@@ -104,8 +108,10 @@ def inspect_image(
     product: str | None = None,
     min_area: int = 16,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    passes: tuple[type[BaseException], ...] = (),
 ) -> Inspection:
-    """Inspect one encoded image with a trained model (and a template's segmenter, if any)."""
+    """Inspect one encoded image with a trained model (and a template's segmenter, if any). A failure is
+    the image's ``error`` verdict, except exceptions of the ``passes`` types, which are raised on."""
     info = ModelInfo(product=product, version=_str(model.meta.get("version")), method=model.config.method)
 
     def body(rgb: NDArray[np.uint8], clock: _Clock) -> Inspection:
@@ -173,7 +179,7 @@ def inspect_image(
         )
         return Inspection(verdict, image_map, heatmap, per_crop if detections else [], labels)
 
-    return _guarded(data, key, info, max_pixels, body)
+    return _guarded(data, key, info, max_pixels, body, passes)
 
 
 def inspect_pair(

@@ -58,9 +58,12 @@ def new_batch_id(now: datetime | None = None) -> str:
 
 
 def list_images(inputs: Storage) -> list[tuple[str, int, str]]:
-    """``(key, size, etag)`` of every image under ``inputs``, sorted by key."""
+    """``(key, size, etag)`` of every image under ``inputs``, sorted by key: objects whose name ends in an
+    image suffix (any case). Folder markers (keys ending in ``/``, as consoles create) are not inputs."""
     found = [
-        (o.key, o.size, o.etag) for o in inputs.objects() if Path(o.key).suffix.lower() in IMAGE_SUFFIXES
+        (o.key, o.size, o.etag)
+        for o in inputs.objects()
+        if not o.key.endswith("/") and Path(o.key).suffix.lower() in IMAGE_SUFFIXES
     ]
     return sorted(found)
 

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from pipeline.errors import DefectscanError, error_message
 from pipeline.images import decode_image
 from pipeline.inspection import Inspection, inspect_image
@@ -37,6 +39,7 @@ from worker.results import write_inspection
 from worker.storage import Storage, StorageUnavailableError, open_storage
 
 log = logging.getLogger("defectscan.worker")
+INTERRUPTS = (SoftTimeLimitExceeded,)  # a chunk's time limit ends the chunk, not just the image
 MODELS = ModelCache()
 SINGLE_ATTEMPTS = 2  # a lone image whose chunk died (or timed out) this many times is given up
 
@@ -107,7 +110,9 @@ def inspect_keys(spec: BatchSpec, segmenter: Segmenter | None, keys: list[str]) 
             if isinstance(data, DefectscanError):
                 yield Inspection(error_verdict(key, info, data))
                 continue
-            yield inspect_image(data, key, model, segmenter, spec.product, spec.min_area, spec.max_pixels)
+            yield inspect_image(
+                data, key, model, segmenter, spec.product, spec.min_area, spec.max_pixels, INTERRUPTS
+            )
 
 
 def _keep(

@@ -26,9 +26,8 @@ from celery.schedules import crontab
 from pydantic import BaseModel
 
 from producer.enqueue import enqueue_batch
-from worker.app import app
+from worker.app import SCHEDULE_QUEUE, app
 
-SCHEDULE_QUEUE = "schedule"
 ENV = "DEFECTSCAN_NIGHTLY"
 
 

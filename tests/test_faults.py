@@ -107,12 +107,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     _fresh_connections()
     bucket = f"faults-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(bucket)
-    store = S3Storage(bucket)
-    segmenter = Segmenter(reference_template(), SegmentOptions(angles=parse_range("-3:3:1")))
-    ok = aligned_ok_crops(segmenter, 6, seed=99, spec=SPEC)
-    model = AnomalyModel.fit(ok, ModelConfig(image_size=128, coreset_ratio=0.1, tta_views=("identity",)))
-    publish_model(model.save(root / "model"), store.child("models"), "foil")
-    store.put("templates/foil.png", encode_png(reference_template()))
+    _model_and_template(S3Storage(bucket), root)
     (root / "logs").mkdir()
     made = Cluster(server, s3, env, bucket, root / "logs")
     try:
@@ -129,6 +124,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 os.environ[key] = old
         s3.stop()
         server.stop()
+
+
+def _model_and_template(store: S3Storage, root: Path) -> None:
+    """A small model promoted as ``models/foil@latest``, and ``templates/foil.png``."""
+    segmenter = Segmenter(reference_template(), SegmentOptions(angles=parse_range("-3:3:1")))
+    ok = aligned_ok_crops(segmenter, 6, seed=99, spec=SPEC)
+    model = AnomalyModel.fit(ok, ModelConfig(image_size=128, coreset_ratio=0.1, tta_views=("identity",)))
+    publish_model(model.save(root / "model"), store.child("models"), "foil")
+    store.put("templates/foil.png", encode_png(reference_template()))
 
 
 def _fresh_connections() -> None:

@@ -15,6 +15,12 @@ Configuration comes from the environment, so a worker node needs only variables:
   chunk's lease stops beating and another worker re-sends the rest of the chunk within about a minute
   (:mod:`worker.chunk_watch`).
 
+**Brokers.** Redis (``redis://``) or RabbitMQ (``amqp://``). With RabbitMQ every queue is a *quorum*
+queue (replicated, durable) on a topic exchange, so retries' countdowns use Celery's native delayed
+delivery, and a chunk whose worker's connection drops is redelivered at once; RabbitMQ's
+``consumer_timeout`` (30 minutes by default) must stay above ``DEFECTSCAN_TIME_LIMIT``. The batch
+bookkeeping stays in Redis (``DEFECTSCAN_REDIS_URL``).
+
 Tasks are routed by name: ``defectscan.inspect_chunk`` and ``defectscan.finalize_batch`` to the
 ``inference`` queue, ``defectscan.retrain`` to ``retrain``, and the nightly enqueue to ``schedule``,
 which only the ``defectscan beat`` process consumes.
@@ -25,8 +31,9 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from kombu import Exchange, Queue
 
-INFERENCE_QUEUE, RETRAIN_QUEUE = "inference", "retrain"
+INFERENCE_QUEUE, RETRAIN_QUEUE, SCHEDULE_QUEUE = "inference", "retrain", "schedule"
 
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -88,7 +95,7 @@ def make_app() -> Celery:
             "defectscan.inspect_chunk": {"queue": INFERENCE_QUEUE},
             "defectscan.finalize_batch": {"queue": INFERENCE_QUEUE},
             "defectscan.retrain": {"queue": RETRAIN_QUEUE},
-            "defectscan.enqueue_nightly": {"queue": "schedule"},  # the beat process (producer/nightly.py)
+            "defectscan.enqueue_nightly": {"queue": SCHEDULE_QUEUE},  # the beat process (producer/nightly.py)
         },
         broker_connection_retry_on_startup=True,
         broker_connection_retry=True,
@@ -98,7 +105,27 @@ def make_app() -> Celery:
         worker_redirect_stdouts=False,
         task_track_started=True,
     )
+    celery.conf.update(broker_settings(broker))
     return celery
+
+
+def broker_settings(broker: str) -> dict[str, object]:
+    """The settings that depend on the broker: with RabbitMQ, quorum queues on topic exchanges."""
+    if not broker.startswith(("amqp://", "amqps://", "pyamqp://")):
+        return {"broker_url": broker}
+    queues = [
+        Queue(
+            name, Exchange(name, type="topic"), routing_key=name, queue_arguments={"x-queue-type": "quorum"}
+        )
+        for name in (INFERENCE_QUEUE, RETRAIN_QUEUE, SCHEDULE_QUEUE)
+    ]
+    return {
+        "broker_url": broker,
+        "task_queues": queues,
+        "task_default_queue_type": "quorum",
+        "task_default_exchange_type": "topic",
+        "worker_detect_quorum_queues": True,
+    }
 
 
 def _result_backend(broker: str) -> str:

@@ -32,7 +32,8 @@ from pipeline.verdict import ModelInfo, error_verdict
 from worker import metrics
 from worker.app import app, send_chunk
 from worker.batch_spec import ITEMS, TEMPLATE_KEY, BatchSpec
-from worker.batches import BatchBook, Lease
+from worker.batches import BatchBook, Lease, server_time
+from worker.chunk_watch import is_dead
 from worker.item_keys import item_key
 from worker.model_cache import ModelCache
 from worker.results import write_inspection
@@ -161,7 +162,9 @@ def resume(lease: Lease, batch_id: str, reason: type[DefectscanError] = WorkerLo
     book = BatchBook(batch_id)
     if book.finalized() or book.finalizing():
         return
-    left = unrecorded(book, lease.keys)
+    now = server_time(book.client)
+    held = {k for other in book.leases() if not is_dead(other, now) for k in other.keys}
+    left = [k for k in unrecorded(book, lease.keys) if k not in held]  # a live chunk has the others
     if not left:
         return
     if len(left) == 1 and lease.attempt >= SINGLE_ATTEMPTS:

@@ -10,7 +10,8 @@ numbers are aggregated (``prometheus_client``'s multiprocess mode).
 * ``defectscan_stage_seconds{stage}``: time per image in each stage (decode, segment, score, grade,
   render), a histogram.
 * ``defectscan_chunk_seconds``: time per chunk, fetch and write included, a histogram.
-* ``defectscan_queue_depth{queue}``: messages waiting in each queue (``LLEN`` at scrape time).
+* ``defectscan_queue_depth{queue}``: messages waiting in each queue (``LLEN`` at scrape time; with a
+  Redis broker: RabbitMQ's own metrics give its queues' depths).
 
 Flower (``celery flower``, in the compose file) adds Celery's own task counts and runtimes on its
 ``/metrics``; these are the numbers Flower cannot know.
@@ -28,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from pipeline.verdict import Verdict
+from worker.app import REDIS_SCHEMES, broker_url
 from worker.batches import connect
 
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -81,7 +83,8 @@ def serve(queues: tuple[str, ...] = ("inference", "retrain")) -> int | None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     target = registry if registry is not None else _default_registry()
-    target.register(QueueDepth(connect(), queues))
+    if broker_url().startswith(REDIS_SCHEMES):  # RabbitMQ reports its own queue depths
+        target.register(QueueDepth(connect(), queues))
     start_http_server(int(port), registry=target)
     return int(port)
 

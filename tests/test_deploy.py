@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from worker.app import chunk_limits
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 K8S = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
@@ -57,6 +59,8 @@ def test_compose_services_secrets_gpu_and_scaling() -> None:
     for name in ("worker-inference", "worker-retrain"):
         device = services[name]["deploy"]["resources"]["reservations"]["devices"][0]
         assert device["driver"] == "nvidia" and device["count"] == 1
+    for name in ("worker-inference", "worker-retrain"):  # docker stop lets the running chunk finish
+        assert _seconds(services[name]["stop_grace_period"]) > chunk_limits(10_000)[1]
     inference = services["worker-inference"]
     assert "container_name" not in inference and "ports" not in inference  # `--scale` needs both absent
     assert services["scheduler"]["command"][0] == "beat"
@@ -64,6 +68,19 @@ def test_compose_services_secrets_gpu_and_scaling() -> None:
     example = (ROOT / ".env.example").read_text()
     required = set(re.findall(r"\$\{(\w+):\?", (ROOT / "docker-compose.yml").read_text()))
     assert required and all(f"{var}=" in example for var in required)  # every secret has an example
+
+
+def _seconds(duration: str) -> int:
+    """A compose duration such as ``31m`` or ``90s`` in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([hms])", duration))
+
+
+def test_kubernetes_workers_get_a_grace_period_longer_than_a_chunk() -> None:
+    for name in ("worker-inference.yaml", "worker-retrain.yaml"):
+        (deployment,) = [d for d in yaml.safe_load_all((ROOT / "deploy/k8s" / name).read_text()) if d]
+        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace > chunk_limits(10_000)[1]
 
 
 @pytest.mark.parametrize("manifest", [p.name for p in K8S if "keda.sh/" not in p.read_text()])

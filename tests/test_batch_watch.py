@@ -5,6 +5,7 @@ server)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from producer.enqueue import enqueue_batch
 from worker.app import app
 from worker.batches import BatchBook, Lease, connect, server_time
 from worker.chunk_watch import sweep
+from worker.chunks import ChunkTimeoutError, resume
 from worker.dev_redis import DevRedis, free_port
 
 
@@ -126,3 +128,20 @@ def test_the_watchdog_takes_a_dead_chunk_over_once(book: BatchBook) -> None:
     again: list[tuple[str, str]] = []
     sweep(book.client, lambda lease, batch: again.append((lease.task_id, batch)))
     assert (dead.task_id, book.batch_id) not in again  # taken over exactly once
+
+
+def test_resume_sends_again_what_a_chunk_left_except_what_another_live_chunk_holds(book: BatchBook) -> None:
+    book.start(4)
+    book.record({"a.png": "ok"})
+    queue = f"resume-test-{uuid.uuid4().hex[:8]}"
+    now = server_time(book.client)
+    own = Lease("t-own", ["a.png", "b.png", "c.png", "d.png"], "w1@n", queue, now, now, 20.0, "/batch", 0)
+    book.hold(own)  # still held, as when the chunk itself resumes after its time limit
+    _lease(book, "t-other", ["d.png"], beat_age_s=0)
+    resume(own, book.batch_id, ChunkTimeoutError)
+    client = redis.Redis.from_url(app.conf.broker_url)
+    sent = [json.loads(m) for m in client.lrange(queue, 0, -1)]
+    client.delete(queue)
+    assert len(sent) == 1
+    body = json.loads(base64.b64decode(sent[0]["body"]))
+    assert body[0] == ["/batch", ["b.png", "c.png"]] and body[1] == {"attempt": 1}

@@ -17,7 +17,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,30 +100,62 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "DEFECTSCAN_REDIS_WAIT_S": "120",
         "HF_HUB_OFFLINE": "1",
     }
+    with pointed_at(env, {"broker_url": server.url(0), "result_backend": server.url(0)}):
+        made = _new_cluster(server, s3, env, root, "faults")
+        try:
+            yield made
+        finally:
+            made.stop_all()
+            print("\nfault suite, seconds from the fault to _SUCCESS:", json.dumps(TIMINGS))
+    s3.stop()
+    server.stop()
+
+
+@contextmanager
+def pointed_at(env: dict[str, str], settings: dict[str, object]) -> Iterator[None]:
+    """This process's environment and Celery app pointed at a test cluster, and back afterwards."""
     saved = {k: os.environ.get(k) for k in env}
+    previous = {k: app.conf[k] for k in settings}
     os.environ.update(env)
-    previous = app.conf.broker_url, app.conf.result_backend
-    app.conf.update(broker_url=server.url(0), result_backend=server.url(0))
+    app.conf.update(settings)
     _fresh_connections()
-    bucket = f"faults-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(bucket)
-    _model_and_template(S3Storage(bucket), root)
-    (root / "logs").mkdir()
-    made = Cluster(server, s3, env, bucket, root / "logs")
     try:
-        yield made
+        yield
     finally:
-        made.stop_all()
-        print("\nfault suite, seconds from the fault to _SUCCESS:", json.dumps(TIMINGS))
+        app.conf.update(previous)
         _fresh_connections()
-        app.conf.update(broker_url=previous[0], result_backend=previous[1])
         for key, old in saved.items():
             if old is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = old
-        s3.stop()
-        server.stop()
+
+
+def _new_cluster(server: DevRedis, s3: DevS3, env: dict[str, str], root: Path, name: str) -> Cluster:
+    """A bucket with a model and a template, and a folder for the workers' logs."""
+    bucket = f"{name}-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(bucket)
+    _model_and_template(S3Storage(bucket), root)
+    (root / "logs").mkdir()
+    return Cluster(server, s3, env, bucket, root / "logs")
+
+
+def _running(
+    cluster: Cluster, prefix: str, sheets: int, seed: int, chunk: int, workers: tuple[str, ...]
+) -> tuple[str, S3Storage, BatchBook]:
+    """A batch of ``sheets`` new sheets under ``prefix`` on new ``workers``, once it is mid-chunk."""
+    _sheets(cluster, prefix, sheets, seed)
+    for name in workers:
+        cluster.start_worker(name)
+    batch_id, batch = _enqueue(cluster, prefix, chunk)
+    return batch_id, batch, _mid_chunk(batch_id)
+
+
+def _mid_chunk(batch_id: str) -> BatchBook:
+    """The batch's book, once a chunk is running with at least one image done."""
+    book = BatchBook(batch_id, connect(wait_s=5))
+    _wait_for("a chunk with an image done", lambda: book.leases() and book.counts().done > 0)
+    return book
 
 
 def _model_and_template(store: S3Storage, root: Path) -> None:
@@ -215,12 +247,7 @@ def _running_leases(batch_id: str) -> list[object]:
 
 
 def test_a_sigkilled_worker_costs_seconds_and_its_late_chunk_writes_nothing(cluster: Cluster) -> None:
-    _sheets(cluster, "kill/", 12, seed=41)
-    cluster.start_worker("k1")
-    cluster.start_worker("k2")
-    batch_id, batch = _enqueue(cluster, "kill/", 4)
-    book = BatchBook(batch_id, connect(wait_s=5))
-    _wait_for("a chunk with an image done", lambda: book.leases() and book.counts().done > 0)
+    _, batch, book = _running(cluster, "kill/", 12, 41, 4, ("k1", "k2"))
     victim = book.leases()[0].worker.split("@")[0]
     held = book.leases()[0].keys
     cluster.signal_worker(victim, signal.SIGKILL)  # the whole process group, as a node lost
@@ -238,11 +265,7 @@ def test_a_sigkilled_worker_costs_seconds_and_its_late_chunk_writes_nothing(clus
 
 
 def test_a_sigterm_mid_chunk_finishes_the_chunk_then_stops(cluster: Cluster) -> None:
-    _sheets(cluster, "term/", 8, seed=42)
-    cluster.start_worker("t1")
-    batch_id, batch = _enqueue(cluster, "term/", 4)
-    book = BatchBook(batch_id, connect(wait_s=5))
-    _wait_for("a chunk with an image done", lambda: book.leases() and book.counts().done > 0)
+    _, batch, book = _running(cluster, "term/", 8, 42, 4, ("t1",))
     held = book.leases()[0].keys
     stopped = time.monotonic()
     cluster.signal_worker("t1", signal.SIGTERM)  # warm shutdown: the running chunk is finished
@@ -254,12 +277,7 @@ def test_a_sigterm_mid_chunk_finishes_the_chunk_then_stops(cluster: Cluster) -> 
 
 
 def test_a_redis_restart_mid_batch_is_ridden_through_without_a_rerun(cluster: Cluster) -> None:
-    _sheets(cluster, "restart/", 12, seed=43)
-    cluster.start_worker("r1")
-    cluster.start_worker("r2")
-    batch_id, batch = _enqueue(cluster, "restart/", 3)
-    book = BatchBook(batch_id, connect(wait_s=5))
-    _wait_for("a chunk with an image done", lambda: book.leases() and book.counts().done > 0)
+    _, batch, _ = _running(cluster, "restart/", 12, 43, 3, ("r1", "r2"))
     restarted = time.monotonic()
     cluster.redis.restart(down_s=3.0)
     TIMINGS["redis_restart"] = round(_wait_success(batch, 600) - restarted, 1)
@@ -271,11 +289,7 @@ def test_a_redis_restart_mid_batch_is_ridden_through_without_a_rerun(cluster: Cl
 
 
 def test_an_s3_outage_of_30_s_mid_batch_is_ridden_through(cluster: Cluster) -> None:
-    _sheets(cluster, "outage/", 8, seed=44)
-    cluster.start_worker("s1")
-    batch_id, batch = _enqueue(cluster, "outage/", 2)
-    book = BatchBook(batch_id, connect(wait_s=5))
-    _wait_for("a chunk with an image done", lambda: book.leases() and book.counts().done > 0)
+    _, batch, _ = _running(cluster, "outage/", 8, 44, 2, ("s1",))
     cluster.s3.stop()
     began = time.monotonic()
     time.sleep(30)

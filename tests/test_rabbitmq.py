@@ -4,7 +4,6 @@ and a worker SIGKILLed mid-chunk has its chunk redelivered by RabbitMQ as soon a
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 import uuid
@@ -17,13 +16,13 @@ from producer.enqueue import enqueue_batch
 from tests.test_faults import (
     Cluster,
     _check_batch,
-    _fresh_connections,
+    _mid_chunk,
+    _new_cluster,
     _sheets,
-    _wait_for,
     _wait_success,
+    pointed_at,
 )
-from worker.app import app, broker_settings
-from worker.batches import BatchBook, connect
+from worker.app import broker_settings
 from worker.dev_rabbitmq import DevRabbitMQ, server_script
 from worker.dev_redis import DevRedis
 from worker.dev_s3 import DevS3
@@ -39,8 +38,6 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    from tests.test_faults import _model_and_template
-
     root = tmp_path_factory.mktemp("rabbit")
     mq, server, s3 = DevRabbitMQ(root / "mq"), DevRedis(root / "redis"), DevS3(root / "s3")
     mq.start()
@@ -54,31 +51,15 @@ def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
         "DEFECTSCAN_DEAD_AFTER_S": "600",  # the watchdog stays out of it: recovery is the broker's
         "HF_HUB_OFFLINE": "1",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    previous = {k: app.conf[k] for k in ("broker_url", "task_queues", "task_default_queue_type")}
-    previous |= {k: app.conf[k] for k in ("task_default_exchange_type", "worker_detect_quorum_queues")}
-    app.conf.update(broker_settings(mq.url()))
-    _fresh_connections()
-    bucket = f"rabbit-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(bucket)
-    _model_and_template(S3Storage(bucket), root)
-    (root / "logs").mkdir()
-    made = Cluster(server, s3, env, bucket, root / "logs")
-    try:
-        yield made
-    finally:
-        made.stop_all()
-        app.conf.update(previous)
-        _fresh_connections()
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
-        s3.stop()
-        server.stop()
-        mq.stop()
+    with pointed_at(env, broker_settings(mq.url())):
+        made = _new_cluster(server, s3, env, root, "rabbit")
+        try:
+            yield made
+        finally:
+            made.stop_all()
+    s3.stop()
+    server.stop()
+    mq.stop()
 
 
 def test_a_batch_on_rabbitmq_survives_a_sigkilled_worker(rabbit_cluster: Cluster) -> None:
@@ -97,8 +78,7 @@ def test_a_batch_on_rabbitmq_survives_a_sigkilled_worker(rabbit_cluster: Cluster
         segment=SegmentOptions(angles=parse_range("-3:3:1")),
     )
     batch = S3Storage(cluster.bucket, f"results/{done.batch_id}")
-    book = BatchBook(batch_id, connect(wait_s=5))
-    _wait_for("a chunk with an image done", lambda: book.leases() and book.counts().done > 0)
+    book = _mid_chunk(batch_id)
     victim = book.leases()[0].worker.split("@")[0]
     cluster.signal_worker(victim, signal.SIGKILL)
     killed = time.monotonic()

@@ -163,8 +163,9 @@ def resume(lease: Lease, batch_id: str, reason: type[DefectscanError] = WorkerLo
     if book.finalized() or book.finalizing():
         return
     now = server_time(book.client)
-    held = {k for other in book.leases() if not is_dead(other, now) for k in other.keys}
-    left = [k for k in unrecorded(book, lease.keys) if k not in held]  # a live chunk has the others
+    others = [o for o in book.leases() if o.task_id != lease.task_id and not is_dead(o, now)]
+    held = {k for other in others for k in other.keys}
+    left = [k for k in unrecorded(book, lease.keys) if k not in held]  # another live chunk has the rest
     if not left:
         return
     if len(left) == 1 and lease.attempt >= SINGLE_ATTEMPTS:

@@ -8,16 +8,15 @@ built-in ``guest`` user (which RabbitMQ lets in from loopback only). It stops bo
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 from worker.dev_redis import free_port
+from worker.processes import stop_group
 
 SERVER_SCRIPTS = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)
 
@@ -105,16 +104,8 @@ class DevRabbitMQ:
         """SIGTERM the node's process group (Erlang shuts down cleanly on it), then epmd; SIGKILL what is
         left after ``timeout``."""
         for proc in (self.process, self.epmd):
-            if proc is None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+            if proc is not None:
+                stop_group(proc, timeout)
         self.process = self.epmd = None
 
     def __enter__(self) -> DevRabbitMQ:

@@ -9,7 +9,6 @@ the batch bookkeeping, as a production restart does; without it a restart loses 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -17,6 +16,8 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+
+from worker.processes import stop_group
 
 
 def server_binary() -> str:
@@ -109,14 +110,7 @@ class DevRedis:
         """SIGTERM (or SIGKILL with ``kill``) by PID, then SIGKILL what is left after ``timeout``."""
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
+        stop_group(self.process, timeout, signal.SIGKILL if kill else signal.SIGTERM)
         self.process = None
 
     def restart(self, down_s: float = 0.0) -> None:

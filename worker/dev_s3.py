@@ -12,11 +12,9 @@ so is the gRPC port SeaweedFS puts 10000 above each HTTP port.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from worker.processes import stop_group
 from worker.storage import S3Settings
 
 GRPC_OFFSET = 10000
@@ -185,14 +184,7 @@ class DevS3:
         """SIGTERM the process group by PID, then SIGKILL what is left after ``timeout``."""
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
+        stop_group(self.process, timeout)
         self.process = None
 
     def __enter__(self) -> DevS3:

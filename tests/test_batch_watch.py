@@ -17,14 +17,18 @@ from click.testing import CliRunner
 
 from pipeline.images import encode_png
 from pipeline.synth import reference_template
+from pipeline.verdict import ImageInfo, ModelInfo, Verdict
 from producer import batch_cli
 from producer.cli import cli
 from producer.enqueue import enqueue_batch
 from worker.app import app
+from worker.batch_spec import BatchSpec
 from worker.batches import BatchBook, Lease, connect, server_time
 from worker.chunk_watch import sweep
 from worker.chunks import ChunkTimeoutError, resume
 from worker.dev_redis import DevRedis, free_port
+from worker.storage import LocalStorage
+from worker.tasks import finalize_batch
 
 
 @pytest.fixture
@@ -145,3 +149,34 @@ def test_resume_sends_again_what_a_chunk_left_except_what_another_live_chunk_hol
     assert len(sent) == 1
     body = json.loads(base64.b64decode(sent[0]["body"]))
     assert body[0] == ["/batch", ["b.png", "c.png"]] and body[1] == {"attempt": 1}
+
+
+def test_finalize_gives_a_lost_verdict_its_own_error_and_finishes(book: BatchBook, tmp_path: Path) -> None:
+    location = tmp_path / "batch"
+    store = LocalStorage(location)
+    spec = BatchSpec(
+        batch_id=book.batch_id,
+        inputs=str(tmp_path / "in"),
+        out=str(tmp_path),
+        model=str(tmp_path / "model"),
+        model_version="v1",
+        created_at="2026-12-01T00:00:00Z",
+    )
+    store.put("batch.json", spec.to_json())
+    keys = ["a.png", "b.png", "c.png"]
+    store.put("manifest.jsonl", "".join(json.dumps({"key": k}) + "\n" for k in keys).encode())
+    ok = Verdict(image=ImageInfo(key="a.png"), model=ModelInfo(method="patchcore"), verdict="ok")
+    store.put("items/a.png.json", ok.to_json())
+    store.put("items/c.png.json", b"{ not json")  # corrupted after it was recorded; b.png deleted
+    book.start(3)
+    book.record(dict.fromkeys(keys, "ok"))
+    assert book.claim_finalize()
+    finalize_batch(str(location))
+    summary = json.loads(store.get("summary.json"))
+    assert summary["images"] == 3 and summary["verdicts"] == {"ok": 1, "error": 2}
+    assert {f["key"]: f["code"] for f in summary["failures"]} == {
+        "b.png": "verdict_lost",
+        "c.png": "verdict_lost",
+    }
+    assert Verdict.model_validate_json(store.get("items/b.png.json")).error is not None
+    assert store.exists("_SUCCESS") and book.finalized()

@@ -57,6 +57,12 @@ class ChunkTimeoutError(DefectscanError):
     code = "timeout"
 
 
+class VerdictLostError(DefectscanError):
+    """The image's verdict was recorded but is missing or unreadable in storage at finalize."""
+
+    code = "verdict_lost"
+
+
 class ChunkFailedError(DefectscanError):
     """The image's chunk failed after its retries (not the image itself)."""
 
@@ -81,7 +87,7 @@ def unrecorded(book: BatchBook, keys: list[str]) -> list[str]:
     return [k for k in keys if item_key(k) not in done]
 
 
-def _model_info(spec: BatchSpec) -> ModelInfo:
+def model_info(spec: BatchSpec) -> ModelInfo:
     return ModelInfo(product=spec.product, version=spec.model_version, method="unknown")
 
 
@@ -96,7 +102,7 @@ def _fetch(store: Storage, key: str) -> bytes | DefectscanError:
 
 def inspect_keys(spec: BatchSpec, segmenter: Segmenter | None, keys: list[str]) -> Iterator[Inspection]:
     """Each key's inspection, in order, fetching ahead on threads while the current image computes."""
-    info = _model_info(spec)
+    info = model_info(spec)
     try:
         model = MODELS.get(spec.model, spec.model_version)
     except StorageUnavailableError:
@@ -148,7 +154,7 @@ def run_chunk(
 def settle(spec: BatchSpec, location: str, book: BatchBook, keys: list[str], cause: DefectscanError) -> int:
     """Give each of ``keys`` still without a verdict an ``error`` verdict naming ``cause``."""
     items = open_storage(location).child(ITEMS)
-    info = _model_info(spec)
+    info = model_info(spec)
     left = unrecorded(book, keys)
     for key in left:
         _keep(book, location, items, spec, key, Inspection(error_verdict(key, info, cause)))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -32,7 +33,8 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready, worker_shutdown
 
-from pipeline.verdict import Verdict
+from pipeline.errors import DefectscanError
+from pipeline.verdict import ModelInfo, Verdict, error_verdict
 from worker import metrics
 from worker.app import app, chunk_limits
 from worker.batch_spec import ITEMS, manifest_keys
@@ -40,8 +42,10 @@ from worker.batches import BatchBook, Lease
 from worker.chunk_watch import ChunkLease, Watchdog
 from worker.chunks import (
     ChunkTimeoutError,
+    VerdictLostError,
     batch_context,
     chunk_failure,
+    model_info,
     resume,
     run_chunk,
     settle,
@@ -49,7 +53,7 @@ from worker.chunks import (
 )
 from worker.item_keys import item_key
 from worker.results import Summary
-from worker.storage import StorageUnavailableError, open_storage
+from worker.storage import Storage, StorageUnavailableError, open_storage
 
 log = logging.getLogger("defectscan.worker")
 RETRYABLE = (StorageUnavailableError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -158,7 +162,7 @@ def finalize_batch(batch_location: str) -> None:
     try:
         keys = manifest_keys(store)
         summary = Summary(batch_id=spec.batch_id)
-        for verdict in _verdicts(items, keys):
+        for verdict in _verdicts(items, keys, model_info(spec)):
             summary.add(verdict)
         store.put("summary.json", summary.to_json(), "application/json")
         store.put("_SUCCESS", b"", "text/plain")
@@ -169,12 +173,24 @@ def finalize_batch(batch_location: str) -> None:
     log.info("batch %s finalized: %d images, %s", spec.batch_id, summary.images, summary.verdicts)
 
 
-def _verdicts(items: Any, keys: list[str]) -> list[Verdict]:
-    from concurrent.futures import ThreadPoolExecutor
+def _verdicts(items: Storage, keys: list[str], info: ModelInfo) -> list[Verdict]:
+    """Every input's verdict, in order. One that is missing or unreadable (deleted, or corrupted, after
+    it was recorded) becomes that input's ``verdict_lost`` error verdict, written in its place."""
+
+    def read(key: str) -> Verdict:
+        try:
+            return Verdict.model_validate_json(items.get(f"{item_key(key)}.json"))
+        except StorageUnavailableError:
+            raise
+        except (DefectscanError, ValueError) as exc:
+            lost = error_verdict(key, info, VerdictLostError(key, f"its verdict was lost ({exc})"))
+            lost.image.stored_as = item_key(key) if item_key(key) != key else None
+            items.put(f"{item_key(key)}.json", lost.to_json(), "application/json")
+            log.error("%s: verdict missing or unreadable at finalize; recorded as verdict_lost", key)
+            return lost
 
     with ThreadPoolExecutor(8, thread_name_prefix="summary") as pool:
-        raw = list(pool.map(lambda k: items.get(f"{item_key(k)}.json"), keys))
-    return [Verdict.model_validate_json(r) for r in raw]
+        return list(pool.map(read, keys))
 
 
 @worker_ready.connect

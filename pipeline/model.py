@@ -18,9 +18,16 @@ view adds its own false anomaly and TTA averages noise in. With it, each view is
 images seen the same way, and the average over views lowers the noise (magnetic_tile, 1 % coreset:
 TTA takes image AUROC from 0.900 to 0.888 without this, and to 0.907 with it; see the README).
 
-**Calibration.** Without defect samples, ``holdout`` (20 %) of the OK images are kept out of training
-and scored; the threshold is ``mean + 3 std`` of their scores, but at least their maximum. With labelled
-defect crops, the threshold is the one that maximises F1 over the held-out OK and the defect crops.
+**Calibration.** PatchCore (the default method) scores *every* OK image out of fold: the OK set is split
+into ``folds`` (5) interleaved folds, and each fold's images are scored against the bank built, by the
+same coreset rule, from the other folds' patches (the backbone runs once for all folds; see
+:func:`pipeline.networks.fit_patchcore`). The final model is trained on all OK images. The threshold is
+the operating point for ``target_frr`` (default 0.01, the share of good parts the user accepts to
+re-check) from those out-of-fold scores (:mod:`pipeline.operating_point`: a robust Gumbel tail, with
+the expected false-reject rate and its interval); labelled defect crops add the escape rate at it.
+Other methods keep ``holdout`` (20 %) of the OK images out of training and score them; the threshold is
+``mean + 3 std`` of their scores, but at least their maximum, or, with labelled defect crops, the one
+that maximises F1 over the held-out OK and the defect crops.
 
 **Artifact** (a directory): ``model.safetensors`` (every tensor of the network, backbone included, so a
 model never depends on a weights package or the network), ``model.json`` (config, preprocessing,
@@ -52,6 +59,7 @@ from pipeline.backbone import LITE2, drop_trimmed, normalization
 from pipeline.errors import DefectscanError, InvalidArgumentError, ModelFormatError, ModelNotFoundError
 from pipeline.fusion import FusedNet
 from pipeline.images import decode_image, encode_png
+from pipeline.operating_point import RULE, operating_point
 from pipeline.regions import RegionMap, from_png_rgb, region_map
 from pipeline.variation import VariationNet, fit_variation, normal_variants
 
@@ -90,6 +98,9 @@ class ModelConfig:
     # grading (pipeline.grade): severity from which a defect is major, and critical
     levels: tuple[float, float, float] = (0.0, 40.0, 70.0)
     fusion_margin: float = 3.0
+    # the operating point (pipeline.operating_point): PatchCore's out-of-fold calibration
+    target_frr: float = 0.01
+    folds: int = 5
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -113,6 +124,15 @@ class ModelConfig:
             raise InvalidArgumentError("fusion", f"must be one of {', '.join(fusion.FUSIONS)}")
         if self.tta_reduce not in ("mean", "max"):
             raise InvalidArgumentError("tta_reduce", "must be mean or max")
+        if not 0 < self.target_frr < 0.5:
+            raise InvalidArgumentError("--target-frr", "must be in (0, 0.5)")
+        if self.folds == 1 or self.folds < 0:
+            raise InvalidArgumentError("--folds", "must be 0 (a holdout) or at least 2")
+
+    @property
+    def out_of_fold(self) -> bool:
+        """Whether calibration scores every OK image out of fold (PatchCore with ``folds`` >= 2)."""
+        return self.method == "patchcore" and self.folds >= 2
 
 
 @dataclass(frozen=True)
@@ -124,6 +144,12 @@ class Calibration:
     ok_count: int
     defect_count: int = 0
     f1: float | None = None
+    target_frr: float | None = None  # the operating point's fields (pipeline.operating_point)
+    expected_frr: float | None = None
+    frr_interval: tuple[float, float] | None = None
+    ok_rejected: int | None = None  # out-of-sample OK images above the threshold
+    escapes: int | None = None  # labelled defect crops at or below it
+    folds: int = 0
 
 
 @dataclass
@@ -152,6 +178,7 @@ class AnomalyModel:
         self.meta = meta
         self.reference: NDArray[np.uint8] | None = None  # the mean OK crop, written as reference.png
         self.regions: RegionMap | None = None  # from the reference; regions.png (a user may edit it)
+        self.calibration_scores: list[float] = []  # the out-of-sample OK scores of fit (not saved)
         mean, std = normalization(config.backbone)
         self._mean = torch.tensor(mean, device=device()).view(1, 3, 1, 1)
         self._std = torch.tensor(std, device=device()).view(1, 3, 1, 1)
@@ -185,7 +212,9 @@ class AnomalyModel:
         if unknown:
             raise InvalidArgumentError("--augment", f"unknown {unknown}; known: {', '.join(AUGMENTS)}")
         torch.manual_seed(config.seed)
-        held = _holdout_indices(len(ok), config.holdout)
+        held = set() if config.out_of_fold else _holdout_indices(len(ok), config.holdout)
+        folds = fold_sets(len(ok), config.folds) if config.out_of_fold else []
+        fold_banks: list[networks.FoldBank] = []
         train = [img for i, img in enumerate(ok) if i not in held]
         kinds = list(dict.fromkeys(augment))
         if config.tta_in_training:
@@ -203,20 +232,35 @@ class AnomalyModel:
             usable = [k for k in kinds if fusion.member_views(name, [k])]
             samples = [*train, *(img for k in usable for img in augmented[k]), *aux]
             weights = [1.0] * (len(samples) - len(aux)) + [aux_weight] * len(aux)
-            stats[name] = _fit_member(member, model._training_batches(samples, weights), config)
+            batches = model._training_batches(samples, weights)
+            if folds and isinstance(member, networks.BankPatchcore):
+                sources = [*range(len(train)), *(i for k in usable for i in range(len(train)))]
+                sources += [-1] * len(aux)  # auxiliary images are never held out
+                stats[name], fold_banks = networks.fit_patchcore(
+                    member, batches, config.coreset_ratio, sources, folds
+                )
+            else:
+                stats[name] = _fit_member(member, batches, config)
         if isinstance(net, FusedNet):
             stats["fusion"], ok_scores = model._fit_fusion(held_ok)
         else:
             stats = dict(stats[config.method])  # type: ignore[call-overload]
-            ok_scores = [r.score for r in model.score(held_ok)] if held_ok else []
+            if folds:
+                ok_scores = model._out_of_fold_scores(ok, folds, fold_banks)
+            else:
+                ok_scores = [r.score for r in model.score(held_ok)] if held_ok else []
         model.net.eval()
         defect_scores = [r.score for r in model.score(val_defects)] if val_defects else []
-        model.calibration = calibrate(ok_scores, defect_scores)
+        target = config.target_frr if folds else None
+        model.calibration = calibrate(ok_scores, defect_scores, target, len(folds))
+        model.calibration_scores = list(ok_scores)
         model.meta = {
             "training": {
                 "ok_count": len(ok),
                 "trained_on": len(ok) - len(held),
                 "held_out": len(held),
+                "out_of_fold": len(ok) if folds else 0,
+                "ok_scores": _summary(ok_scores),
                 "training_samples": len(train) + sum(len(v) for v in augmented.values()) + len(aux),
                 "aux_count": len(aux),
                 "aux_weight": aux_weight if aux else None,
@@ -230,6 +274,24 @@ class AnomalyModel:
         model.reference = reference_image(ok)
         model.regions = region_map(model.reference)
         return model
+
+    @torch.no_grad()
+    def _out_of_fold_scores(
+        self, ok: Sequence[NDArray[np.uint8]], folds: Sequence[set[int]], banks: Sequence[networks.FoldBank]
+    ) -> list[float]:
+        """Each OK image's score against the bank of the folds it is not in (then the final bank back)."""
+        net = self.net
+        final = (net.memory_bank, net.bank_penalty)
+        scores = [0.0] * len(ok)
+        try:
+            for fold, (bank, penalty) in zip(folds, banks, strict=True):
+                net.memory_bank, net.bank_penalty = bank, penalty
+                members = sorted(fold)
+                for i, result in zip(members, self.score([ok[i] for i in members]), strict=True):
+                    scores[i] = result.score
+        finally:
+            net.memory_bank, net.bank_penalty = final
+        return scores
 
     def _preprocess(self, images: Sequence[NDArray[np.uint8]]) -> torch.Tensor:
         size = self.config.image_size
@@ -416,7 +478,10 @@ class AnomalyModel:
             net.load_state_dict(drop_trimmed(state, net), strict=True)
         except Exception as exc:
             raise ModelFormatError(str(path / "model.safetensors"), f"cannot load weights ({exc})") from None
-        calibration = Calibration(**doc["calibration"])
+        saved = dict(doc["calibration"])
+        if saved.get("frr_interval") is not None:
+            saved["frr_interval"] = tuple(saved["frr_interval"])
+        calibration = Calibration(**saved)
         meta = {k: v for k, v in doc.items() if k not in ("config", "calibration")}
         model = cls(config, net, calibration, meta)
         if (path / "reference.png").is_file():
@@ -470,7 +535,7 @@ def _members(net: nn.Module, method: str) -> dict[str, nn.Module]:
 
 def _fit_member(net: nn.Module, batches: networks.Batches, config: ModelConfig) -> dict[str, float]:
     if isinstance(net, networks.BankPatchcore):
-        return networks.fit_patchcore(net, batches, config.coreset_ratio)
+        return networks.fit_patchcore(net, batches, config.coreset_ratio)[0]
     if isinstance(net, networks.OfflineStfpm):
         return networks.fit_stfpm(net, batches, config.epochs)
     if isinstance(net, networks.PadimModel):
@@ -485,13 +550,35 @@ def tta_defaults(method: str) -> tuple[str, ...]:
     return ("identity",) if method == "variation" else tta.DEFAULT_VIEWS
 
 
-def calibrate(ok_scores: Sequence[float], defect_scores: Sequence[float] = ()) -> Calibration:
-    """The threshold rule from the module docstring."""
+def calibrate(
+    ok_scores: Sequence[float],
+    defect_scores: Sequence[float] = (),
+    target_frr: float | None = None,
+    folds: int = 0,
+) -> Calibration:
+    """The threshold rules from the module docstring: the operating point for ``target_frr`` from
+    out-of-sample OK scores, or (``target_frr`` None) the holdout rules."""
     ok = np.asarray(ok_scores, dtype=np.float64)
     if ok.size == 0:
         raise InvalidArgumentError("holdout", "calibration needs held-out OK images (holdout > 0)")
     mean, std = float(ok.mean()), float(ok.std(ddof=1)) if ok.size > 1 else 0.0
     std = max(std, 1e-6 * max(abs(mean), 1.0))
+    if target_frr is not None:
+        point = operating_point(ok, target_frr, defect_scores)
+        return Calibration(
+            point.threshold,
+            f"{RULE} ({folds} folds)",
+            mean,
+            std,
+            point.ok_count,
+            point.defect_count,
+            target_frr=target_frr,
+            expected_frr=point.expected_frr,
+            frr_interval=point.frr_interval,
+            ok_rejected=point.ok_rejected,
+            escapes=point.escapes if point.defect_count else None,
+            folds=folds,
+        )
     if len(defect_scores) == 0:
         threshold = max(mean + 3 * std, float(ok.max()))
         return Calibration(threshold, "ok-holdout: max(mean + 3 std, max)", mean, std, int(ok.size))
@@ -520,6 +607,22 @@ def f1_optimal_threshold(ok: NDArray[np.float64], bad: NDArray[np.float64]) -> t
     best = int(np.argmax(f1))
     below = s[best + 1] if best + 1 < s.size else s[best] - 1e-6
     return float((s[best] + below) / 2), float(f1[best])
+
+
+def fold_sets(n: int, folds: int) -> list[set[int]]:
+    """``folds`` interleaved folds of ``n`` images (every ``folds``-th image; fewer folds for fewer
+    images), deterministic and spread over the set as it was ordered."""
+    k = min(folds, n)
+    return [set(range(start, n, k)) for start in range(k)]
+
+
+def _summary(scores: Sequence[float]) -> dict[str, float]:
+    """Statistics of out-of-sample OK scores, for the model card."""
+    if not scores:
+        return {}
+    values = np.asarray(scores, dtype=np.float64)
+    points = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 0.95, 1.0])
+    return dict(zip(("min", "q25", "median", "q75", "p95", "max"), map(float, points), strict=True))
 
 
 def _holdout_indices(n: int, fraction: float) -> set[int]:

@@ -20,7 +20,7 @@ Auxiliary images (GAN-made or otherwise augmented OK images) enter with a weight
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from anomalib.models.components import TimmFeatureExtractor
@@ -168,30 +168,57 @@ Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 """Yields (normalised images ``(B, 3, S, S)``, per-image weights ``(B,)``) over the training set."""
 
 
+FoldBank = tuple[torch.Tensor, torch.Tensor]
+"""A memory bank and its entries' penalties, as :func:`fit_patchcore` sets them on the network."""
+
+
 @torch.no_grad()
-def fit_patchcore(net: BankPatchcore, batches: Batches, coreset_ratio: float) -> dict[str, float]:
+def fit_patchcore(
+    net: BankPatchcore,
+    batches: Batches,
+    coreset_ratio: float,
+    sources: Sequence[int] = (),
+    folds: Sequence[set[int]] = (),
+) -> tuple[dict[str, float], list[FoldBank]]:
+    """Fill the bank from the training samples' patches (a coreset). With ``sources`` (each sample's
+    source image, -1 for one never held out) and ``folds`` (sets of source images), also return, per
+    fold, the bank the same coreset rule builds from the *other* folds' patches: the backbone runs once
+    for all of them (out-of-fold scoring without training k models)."""
     net.train()
-    embeddings, weights = [], []
+    embeddings, weights, rows = [], [], []
     for images, w in batches():
         emb = net(images)  # training mode: (B * h * w, D) patch embeddings
+        per_image = emb.shape[0] // images.shape[0]
         embeddings.append(emb)
-        weights.append(w.repeat_interleave(emb.shape[0] // images.shape[0]))
+        weights.append(w.repeat_interleave(per_image))
+        rows += [per_image] * images.shape[0]
     net.embedding_store.clear()
     bank = torch.cat(embeddings)
     weight = torch.cat(weights)
-    idx = k_center_greedy(bank, int(bank.shape[0] * coreset_ratio), weights=weight)
-    net.memory_bank = bank[idx].contiguous()
+    net.memory_bank, net.bank_penalty, chosen_w = _coreset_bank(bank, weight, coreset_ratio)
+    fold_banks = []
+    if folds:
+        source = torch.repeat_interleave(torch.tensor(list(sources)), torch.tensor(rows))
+        for fold in folds:
+            keep = ~torch.isin(source, torch.tensor(sorted(fold)))
+            fold_bank, penalty, _ = _coreset_bank(bank[keep], weight[keep], coreset_ratio)
+            fold_banks.append((fold_bank, penalty))
+    net.eval()
+    stats = {"patches": float(bank.shape[0]), "bank": float(net.memory_bank.shape[0])}
+    return stats | {"aux_in_bank": float((chosen_w < 1).sum())}, fold_banks
+
+
+def _coreset_bank(
+    bank: torch.Tensor, weight: torch.Tensor, ratio: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(coreset bank, its penalties, its entries' weights)`` from patch embeddings and weights."""
+    idx = k_center_greedy(bank, max(int(bank.shape[0] * ratio), 1), weights=weight)
+    chosen = bank[idx].contiguous()
     chosen_w = weight[idx]
     penalty = torch.empty(0)  # no aux entry in the bank: plain PatchCore distances
     if bool((chosen_w < 1).any()):
-        penalty = (1 - chosen_w) * _neighbour_scale(net.memory_bank)
-    net.bank_penalty = penalty
-    net.eval()
-    return {
-        "patches": float(bank.shape[0]),
-        "bank": float(len(idx)),
-        "aux_in_bank": float((chosen_w < 1).sum()),
-    }
+        penalty = (1 - chosen_w) * _neighbour_scale(chosen)
+    return chosen, penalty, chosen_w
 
 
 def _neighbour_scale(bank: torch.Tensor, sample: int = 4096) -> float:

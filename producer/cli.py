@@ -18,7 +18,7 @@ from pipeline.backbone import LITE2
 from pipeline.errors import DefectscanError, InvalidArgumentError
 from pipeline.images import decode_image, encode_png
 from pipeline.inspection import Inspection, inspect_image, inspect_pair
-from pipeline.model import METHODS, AnomalyModel, ModelConfig
+from pipeline.model import METHODS, AnomalyModel, Calibration, ModelConfig
 from pipeline.pairs import PairComparer
 from pipeline.segment import Segmenter
 from pipeline.verdict import ModelInfo, Verdict
@@ -170,6 +170,16 @@ def _read_set(folder: Path, label: str) -> ImageSet:
     help="Local ImageNet weights for --backbone (safetensors or a state dict); Lite2 needs none.",
 )
 @click.option("--layers", default="", help="Comma list of backbone layers; default per method.")
+@click.option(
+    "--target-frr",
+    default=0.01,
+    show_default=True,
+    type=click.FloatRange(0.0, 0.5, min_open=True, max_open=True),
+    help="The share of good parts the threshold may reject (PatchCore: set from out-of-fold scores).",
+)
+@click.option(
+    "--folds", default=5, show_default=True, type=click.IntRange(0), help="Out-of-fold folds (0: a holdout)."
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 def train(
     ok_dir: Path,
@@ -184,6 +194,8 @@ def train(
     backbone: str,
     backbone_weights: Path | None,
     layers: str,
+    target_frr: float,
+    folds: int,
     out: Path,
 ) -> None:
     """Train an anomaly model on OK images only (aligned crops, or whole images) into OUT."""
@@ -195,6 +207,8 @@ def train(
         image_size=image_size,
         coreset_ratio=coreset_ratio,
         tta_views=tuple(v for v in tta_views.split(",") if v),
+        target_frr=target_frr,
+        folds=folds,
     )
     ok = _read_set(ok_dir, "OK")
     aux = _read_set(aux_dir, "auxiliary") if aux_dir else ImageSet()
@@ -215,9 +229,22 @@ def train(
     cal = model.calibration
     click.echo(
         f"trained {method} on {len(ok.images)} OK images ({len(ok.skipped)} skipped) in "
-        f"{fit_s} s; threshold {cal.threshold:.4g} ({cal.rule}); "
+        f"{fit_s} s; threshold {cal.threshold:.4g} ({cal.rule}); {_operating_point(cal)}"
         f"version {model.meta['version']}; saved to {out}"
     )
+
+
+def _operating_point(cal: Calibration) -> str:
+    """The expected false-reject rate (and escapes on labelled defects) in words, or nothing."""
+    if cal.expected_frr is None or cal.frr_interval is None:
+        return ""
+    low, high = cal.frr_interval
+    text = (
+        f"expected false-reject rate {cal.expected_frr:.2%} (90 %: {low:.2%}-{high:.2%}, {cal.ok_count} OK)"
+    )
+    if cal.escapes is not None and cal.defect_count:
+        text += f", escapes {cal.escapes} of {cal.defect_count} labelled defects"
+    return text + "; "
 
 
 @cli.command()

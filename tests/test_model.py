@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import tempfile
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -170,9 +172,32 @@ def test_calibration_rules() -> None:
     assert cal.f1 == pytest.approx(6 / 7)
 
 
-def test_val_defects_set_an_f1_threshold(good: list[np.ndarray]) -> None:
+def test_val_defects_report_their_escapes_at_the_false_reject_target(good: list[np.ndarray]) -> None:
     model = AnomalyModel.fit(good, SMALL, val_defects=_crops("structural", 4, 9))
-    assert model.calibration.defect_count == 4 and model.calibration.f1 is not None
+    cal = model.calibration
+    assert cal.defect_count == 4 and cal.escapes is not None and 0 <= cal.escapes <= 4
+    plain = AnomalyModel.fit(good, SMALL)
+    assert cal.threshold == pytest.approx(plain.calibration.threshold, rel=1e-6)  # defects never lower it
+
+
+def test_patchcore_calibrates_on_every_ok_image_out_of_fold(good: list[np.ndarray]) -> None:
+    model = AnomalyModel.fit(good, SMALL)
+    cal, training = model.calibration, model.meta["training"]
+    assert isinstance(training, dict)
+    assert cal.ok_count == len(good) == training["trained_on"] == training["out_of_fold"]
+    assert cal.folds == min(5, len(good)) and cal.target_frr == 0.01 and cal.rule.startswith("gumbel")
+    assert cal.frr_interval is not None and cal.frr_interval[0] <= 0.01 <= cal.frr_interval[1]
+    in_sample = np.median([r.score for r in model.score(good)])
+    assert in_sample < training["ok_scores"]["median"]  # each image was scored by banks without it
+    strict = AnomalyModel.fit(good, replace(SMALL, target_frr=0.001))
+    assert strict.calibration.threshold > cal.threshold
+    saved = AnomalyModel.load(model.save(Path(tempfile.mkdtemp()) / "m")).calibration
+    assert saved == cal
+
+
+def test_other_folds_settings_keep_the_holdout_rule(good: list[np.ndarray]) -> None:
+    model = AnomalyModel.fit(good, replace(SMALL, folds=0))
+    assert model.calibration.rule.startswith("ok-holdout") and model.calibration.target_frr is None
 
 
 def test_lite2_weights_map_onto_timm_offline() -> None:

@@ -122,6 +122,17 @@ def _scale_wide(values: np.ndarray) -> NDArray[np.uint8]:
     return np.clip(np.rint(values.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
 
 
+def is_gray(rgb: RGBImage) -> bool:
+    """Whether an RGB array carries no colour (its three channels equal: a grayscale image, decoded)."""
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
+
+
+def gray_rgb(rgb: RGBImage) -> RGBImage:
+    """An RGB image as a grayscale file of it would decode: Pillow's luma (``L``) over three channels."""
+    luma = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("L"), dtype=np.uint8)
+    return np.repeat(luma[..., None], 3, axis=2)
+
+
 def to_gray(rgb: RGBImage) -> NDArray[np.float32]:
     """Luma (ITU-R BT.601 weights) as float32 in [0, 255], the input of template matching."""
     weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)

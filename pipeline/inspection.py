@@ -30,13 +30,13 @@ from pipeline.defect_mask import type_mask
 from pipeline.errors import DefectscanError, NoMatchError
 from pipeline.geometry import placement_matrix
 from pipeline.grade import grade_regions, level_of
-from pipeline.images import DEFAULT_MAX_PIXELS, decode_oriented
+from pipeline.images import DEFAULT_MAX_PIXELS, decode_oriented, gray_rgb, is_gray
 from pipeline.model import AnomalyModel
 from pipeline.pairs import PairComparer
 from pipeline.regions import region_map
 from pipeline.render import heatmap_overlay, label_defects
 from pipeline.segment import Detection, Segmenter
-from pipeline.verdict import Defect, ImageInfo, Instance, ModelInfo, Verdict, error_verdict
+from pipeline.verdict import Defect, ImageInfo, Instance, ModelInfo, Note, Verdict, error_verdict
 
 log = logging.getLogger("defectscan.inspection")
 
@@ -116,6 +116,7 @@ def inspect_image(
 
     def body(rgb: NDArray[np.uint8], clock: _Clock) -> Inspection:
         height, width = rgb.shape[:2]
+        rgb, notes = _in_model_mode(rgb, model.colour_mode)
         with clock.stage("segment"):
             if segmenter is None:
                 detections: list[Detection] = []
@@ -175,7 +176,11 @@ def inspect_image(
             ]
         anomalous = any(i.is_anomalous for i in instances)
         verdict = Verdict(
-            image=ImageInfo(key=key), model=info, verdict="defect" if anomalous else "ok", instances=instances
+            image=ImageInfo(key=key),
+            model=info,
+            verdict="defect" if anomalous else "ok",
+            instances=instances,
+            notes=notes,
         )
         return Inspection(verdict, image_map, heatmap, per_crop if detections else [], labels)
 
@@ -227,6 +232,18 @@ def inspect_pair(
         return Inspection(verdict, res.anomaly_map, heatmap, type_mask=labels)
 
     return _guarded(data, key, info, max_pixels, body)
+
+
+def _in_model_mode(rgb: NDArray[np.uint8], mode: str) -> tuple[NDArray[np.uint8], list[Note]]:
+    """The image in the colour mode the model was trained in: a colour image for a grayscale model is
+    converted as a grayscale file of it decodes; a grayscale image for a colour model cannot be, and is
+    inspected with a ``mode_mismatch`` note (its colour-based scores are not comparable)."""
+    if mode == "gray" and not is_gray(rgb):
+        return gray_rgb(rgb), [Note(code="converted_to_gray", message="converted to grayscale, as trained")]
+    if mode == "rgb" and is_gray(rgb):
+        message = "a grayscale image inspected by a model trained on colour images: scores are not comparable"
+        return rgb, [Note(code="mode_mismatch", message=message)]
+    return rgb, []
 
 
 def _placement(det: Detection | None, shape: tuple[int, int]) -> NDArray[np.float64] | None:

@@ -58,7 +58,7 @@ from pipeline import fusion, networks, tta
 from pipeline.backbone import LITE2, drop_trimmed, normalization
 from pipeline.errors import DefectscanError, InvalidArgumentError, ModelFormatError, ModelNotFoundError
 from pipeline.fusion import FusedNet
-from pipeline.images import decode_image, encode_png
+from pipeline.images import decode_image, encode_png, is_gray
 from pipeline.operating_point import RULE, operating_point
 from pipeline.regions import RegionMap, from_png_rgb, region_map
 from pipeline.variation import VariationNet, fit_variation, normal_variants
@@ -270,6 +270,7 @@ class AnomalyModel:
                 **stats,
             },
             "reference_size": _reference_size(ok),
+            "colour_mode": "gray" if all(is_gray(img) for img in ok) else "rgb",
         }
         model.reference = reference_image(ok)
         model.regions = region_map(model.reference)
@@ -292,6 +293,11 @@ class AnomalyModel:
         finally:
             net.memory_bank, net.bank_penalty = final
         return scores
+
+    @property
+    def colour_mode(self) -> str:
+        """``gray`` when every OK training image was grayscale, else ``rgb`` (models from before: rgb)."""
+        return str(self.meta.get("colour_mode", "rgb"))
 
     def _preprocess(self, images: Sequence[NDArray[np.uint8]]) -> torch.Tensor:
         size = self.config.image_size

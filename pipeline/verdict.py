@@ -88,6 +88,13 @@ class ErrorInfo(BaseModel):
     message: Text
 
 
+class Note(BaseModel):
+    """Something about an input that a user should know, though it was inspected."""
+
+    code: str = Field(description="mode_mismatch: a grayscale input to a colour model; converted_to_gray")
+    message: Text
+
+
 class Verdict(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -100,6 +107,7 @@ class Verdict(BaseModel):
     outputs: dict[str, str] = Field({}, description="pictures written for this image, relative keys")
     timings_ms: dict[str, float] = {}
     error: ErrorInfo | None = None
+    notes: list[Note] = []
     lookout: DetectAnomalyResult | None = Field(
         None,
         alias="DetectAnomalyResult",

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
-from pipeline.images import decode_image, encode_png
+from pipeline.images import decode_image, encode_png, gray_rgb
 from pipeline.inspection import inspect_image
 from pipeline.model import AnomalyModel, ModelConfig
 from pipeline.segment import Segmenter, SegmentOptions
@@ -135,3 +136,30 @@ def test_lookout_compat_adds_lookouts_fields_consistent_with_the_mask(
     plain = tmp_path / "plain"
     assert CliRunner().invoke(cli, [*args[:-1], str(plain)]).exit_code == 0
     assert "DetectAnomalyResult" not in json.loads((plain / "test/mixed/000_test.png.json").read_text())
+
+
+def test_a_grayscale_input_to_a_colour_model_is_noted(sheets: list[Sheet], model: Path) -> None:
+    loaded = AnomalyModel.load(model)
+    assert loaded.colour_mode == "rgb"
+    gray = inspect_image(encode_png(gray_rgb(sheets[1].image)), "g.png", loaded).verdict
+    assert [n.code for n in gray.notes] == ["mode_mismatch"]
+    colour = inspect_image(encode_png(sheets[1].image), "c.png", loaded).verdict
+    assert colour.notes == []
+
+
+def test_a_grayscale_model_inspects_a_colour_input_as_its_grayscale_file(
+    sheets: list[Sheet], tmp_path: Path
+) -> None:
+    ok = [gray_rgb(s.crop(i)) for s in sheets for i in s.instances if i.defect is None]
+    config = ModelConfig(image_size=128, coreset_ratio=0.1, tta_views=("identity",))
+    gray_model = AnomalyModel.load(AnomalyModel.fit(ok, config).save(tmp_path / "gray"))
+    assert gray_model.colour_mode == "gray"
+    sheet = sheets[2].image
+    crop = sheet[:352, :448]
+    from_colour = inspect_image(encode_png(crop), "c.png", gray_model).verdict
+    from_gray_file = inspect_image(
+        encode_png(np.asarray(Image.fromarray(crop).convert("L"))), "g.png", gray_model
+    )
+    assert [n.code for n in from_colour.notes] == ["converted_to_gray"]
+    assert from_gray_file.verdict.notes == []
+    assert from_colour.instances[0].score == from_gray_file.verdict.instances[0].score

@@ -9,8 +9,8 @@ threshold achieves at the same realised false-reject rate on the same scores. Th
 earlier versions (``max(mean + 3 std, max)`` of 20 % held out) is shown beside them.
 
     .venv/bin/python bench/operating_point.py                         # synthetic crops
-    .venv/bin/python bench/operating_point.py --data ../shared/datasets/magnetic_tile
-    .venv/bin/python bench/operating_point.py --data ../shared/datasets/deeppcb
+    .venv/bin/python bench/operating_point.py --data DATA/magnetic_tile
+    .venv/bin/python bench/operating_point.py --data DATA/deeppcb
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
@@ -54,8 +55,6 @@ def thresholds(oof: np.ndarray, target: float) -> dict[str, float]:
     tail = fit_ok_tail(oof)
     q1, median, q3 = np.quantile(oof, [0.25, 0.5, 0.75])
     sigma = (q3 - q1) / 1.349
-    from statistics import NormalDist
-
     return {
         "gumbel (used)": tail.threshold(target),
         "gaussian": float(median + NormalDist().inv_cdf(1 - target) * sigma),

@@ -28,7 +28,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -91,7 +91,7 @@ def default_wait_s() -> float:
 def connect(url: str | None = None, wait_s: float | None = None) -> Any:
     """A Redis client that retries a command through a lost connection for about ``wait_s`` seconds."""
     wait = default_wait_s() if wait_s is None else wait_s
-    retries = max(int(wait / BACKOFF_CAP_S) + 3, 0)
+    retries = int(wait / BACKOFF_CAP_S) + 3
     return redis.Redis.from_url(
         url or bookkeeping_url(),
         retry=Retry(ExponentialWithJitterBackoff(cap=BACKOFF_CAP_S, base=0.25), retries),
@@ -103,7 +103,12 @@ def connect(url: str | None = None, wait_s: float | None = None) -> Any:
 
 
 def server_time(client: Any) -> float:
-    seconds, micros = client.time()
+    return _seconds(client.time())
+
+
+def _seconds(time_reply: tuple[int, int]) -> float:
+    """Redis's ``TIME`` reply (seconds, microseconds) in seconds."""
+    seconds, micros = time_reply
     return float(seconds) + float(micros) / 1e6
 
 
@@ -158,20 +163,18 @@ class BatchBook:
         pipe.hvals(self._key("results"))
         pipe.hgetall(self._key("chunks"))
         pipe.time()
-        total, values, chunks, (seconds, micros) = pipe.execute()
+        total, values, chunks, time_reply = pipe.execute()
         verdicts = Counter(v.decode() for v in values)
         leases = [Lease.parse(k.decode(), v) for k, v in chunks.items()]
-        now = float(seconds) + float(micros) / 1e6
-        return BatchCounts(
-            int(total or 0), verdicts["ok"] + verdicts["defect"], verdicts["error"], leases, now
-        )
+        done = verdicts["ok"] + verdicts["defect"]
+        return BatchCounts(int(total or 0), done, verdicts["error"], leases, _seconds(time_reply))
 
     # leases of running chunks
 
     def hold(self, lease: Lease) -> None:
         """Hold ``lease`` (its start and beat set to now)."""
         now = server_time(self.client)
-        lease = Lease(**{**lease.__dict__, "started": now, "beat": now})
+        lease = replace(lease, started=now, beat=now)
         task_id = lease.task_id
         pipe = self.client.pipeline()
         pipe.hset(self._key("chunks"), task_id, lease.dump())
@@ -185,7 +188,7 @@ class BatchBook:
         if raw is None:
             return False
         lease = Lease.parse(task_id, raw)
-        renewed = Lease(**{**lease.__dict__, "beat": server_time(self.client)})
+        renewed = replace(lease, beat=server_time(self.client))
         self.client.hset(self._key("chunks"), task_id, renewed.dump())
         return True
 

@@ -101,7 +101,8 @@ def inscribed_fraction(width: int, height: int, max_angle: float) -> float:
 def crop_at_pose(image: np.ndarray, pose: Pose, width: int, height: int) -> np.ndarray:
     """Cut the aligned ``width x height`` crop of an instance, rotated and scaled back to the template frame.
 
-    Pixels outside the image are black. Bilinear interpolation keeps sub-pixel alignment.
+    Pixels outside the image are black (:func:`inside_at_pose` tells which). Bilinear interpolation keeps
+    sub-pixel alignment.
     """
     matrix = placement_matrix(pose, width, height)
     return cv2.warpAffine(
@@ -112,3 +113,24 @@ def crop_at_pose(image: np.ndarray, pose: Pose, width: int, height: int) -> np.n
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=0,
     )
+
+
+def inside_at_pose(shape: tuple[int, ...], pose: Pose, width: int, height: int) -> NDArray[np.bool_]:
+    """Which pixels of the aligned crop of :func:`crop_at_pose` come wholly from inside an image of
+    ``shape`` (all four bilinear neighbours in it); the others hold the black fill.
+
+    Example:
+        >>> inside = inside_at_pose((100, 100), Pose(2.0, 50.0, 0.0, 1.0), 11, 11)
+        >>> inside.all(axis=0).tolist()
+        [False, False, False, True, True, True, True, True, True, True, True]
+    """
+    ones = np.full(shape[:2], 255, np.uint8)
+    warped = cv2.warpAffine(
+        ones,
+        placement_matrix(pose, width, height),
+        (width, height),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+    return np.asarray(warped == 255)

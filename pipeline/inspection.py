@@ -120,14 +120,15 @@ def inspect_image(
         with clock.stage("segment"):
             if segmenter is None:
                 detections: list[Detection] = []
-                crops = [rgb]
+                crops, inside = [rgb], None
             else:
                 detections = segmenter.find(rgb, key)
                 if not detections:
                     raise NoMatchError(key, "no instance of the template was found")
                 crops = segmenter.crops(rgb, detections)
+                inside = segmenter.inside(rgb, detections)
         with clock.stage("score"):
-            results = model.score(crops)
+            results = model.score(crops, inside=inside)
         threshold = model.calibration.threshold
         instances, image_map = [], np.zeros((height, width), np.float32)
         labels = np.zeros((height, width), np.uint8)

@@ -39,9 +39,7 @@ Loading executes no code from the files.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -59,11 +57,19 @@ from pipeline.backbone import LITE2, drop_trimmed, normalization
 from pipeline.errors import DefectscanError, InvalidArgumentError, ModelFormatError, ModelNotFoundError
 from pipeline.fusion import FusedNet
 from pipeline.images import decode_image, encode_png, is_gray
-from pipeline.operating_point import RULE, operating_point
+from pipeline.model_doc import (
+    SCHEMA,
+    Calibration,
+    calibrate,
+    new_version_id,
+    parse_doc,
+    read_calibration,
+    rounded,
+    write_doc,
+)
 from pipeline.regions import RegionMap, from_png_rgb, region_map
 from pipeline.variation import VariationNet, fit_variation, normal_variants
 
-SCHEMA = "defectscan.model/1"
 METHODS = ("patchcore", "padim", "stfpm", "variation", "patchcore+variation")
 AUGMENTS = ("hflip", "vflip", "rot180", "colorjitter")
 
@@ -135,23 +141,6 @@ class ModelConfig:
         return self.method == "patchcore" and self.folds >= 2
 
 
-@dataclass(frozen=True)
-class Calibration:
-    threshold: float
-    rule: str
-    ok_mean: float
-    ok_std: float
-    ok_count: int
-    defect_count: int = 0
-    f1: float | None = None
-    target_frr: float | None = None  # the operating point's fields (pipeline.operating_point)
-    expected_frr: float | None = None
-    frr_interval: tuple[float, float] | None = None
-    ok_rejected: int | None = None  # out-of-sample OK images above the threshold
-    escapes: int | None = None  # labelled defect crops at or below it
-    folds: int = 0
-
-
 @dataclass
 class ScoreResult:
     """One crop's result: raw score, anomaly map at the crop's resolution, normalised score."""
@@ -178,7 +167,6 @@ class AnomalyModel:
         self.meta = meta
         self.reference: NDArray[np.uint8] | None = None  # the mean OK crop, written as reference.png
         self.regions: RegionMap | None = None  # from the reference; regions.png (a user may edit it)
-        self.calibration_scores: list[float] = []  # the out-of-sample OK scores of fit (not saved)
         mean, std = normalization(config.backbone)
         self._mean = torch.tensor(mean, device=device()).view(1, 3, 1, 1)
         self._std = torch.tensor(std, device=device()).view(1, 3, 1, 1)
@@ -253,8 +241,8 @@ class AnomalyModel:
         defect_scores = [r.score for r in model.score(val_defects)] if val_defects else []
         target = config.target_frr if folds else None
         model.calibration = calibrate(ok_scores, defect_scores, target, len(folds))
-        model.calibration_scores = list(ok_scores)
         model.meta = {
+            "calibration_scores": {"ok": rounded(ok_scores), "defects": rounded(defect_scores)},
             "training": {
                 "ok_count": len(ok),
                 "trained_on": len(ok) - len(held),
@@ -293,6 +281,12 @@ class AnomalyModel:
         finally:
             net.memory_bank, net.bank_penalty = final
         return scores
+
+    @property
+    def calibration_scores(self) -> list[float]:
+        """The out-of-sample OK scores the threshold was set from (kept in ``model.json``)."""
+        stored = self.meta.get("calibration_scores")
+        return list(stored.get("ok", [])) if isinstance(stored, dict) else []
 
     @property
     def colour_mode(self) -> str:
@@ -334,24 +328,68 @@ class AnomalyModel:
         images: Sequence[NDArray[np.uint8]],
         use_tta: bool = True,
         batch_size: int | None = None,
+        inside: Sequence[NDArray[np.bool_] | None] | None = None,
     ) -> list[ScoreResult]:
-        """Score crops (RGB uint8, any sizes). Each batch holds ``batch_size`` crops times their views."""
+        """Score crops (RGB uint8, any sizes). Each batch holds ``batch_size`` crops times their views.
+
+        ``inside``, per crop, marks the pixels that came from its source image (None: all of them; see
+        :func:`pipeline.geometry.inside_at_pose`): the others are filled as an OK crop looks there before
+        scoring and never score, so a crop cut at an image's edge is judged on image pixels only."""
         views = self.config.tta_views if use_tta else ("identity",)
         step = batch_size or self.config.batch_size
+        masks = list(inside) if inside is not None else [None] * len(images)
+        if len(masks) != len(images):
+            raise InvalidArgumentError("inside", f"{len(masks)} masks for {len(images)} images")
         out: list[ScoreResult] = []
         for start in range(0, len(images), step):
-            chunk = images[start : start + step]
-            out.extend(self._results(chunk, self.maps(self._preprocess(chunk), views)))
+            chunk = [
+                self._filled(img, m)
+                for img, m in zip(images[start : start + step], masks[start : start + step], strict=True)
+            ]
+            out.extend(
+                self._results(chunk, self.maps(self._preprocess(chunk), views), masks[start : start + step])
+            )
         return out
 
-    def _results(self, chunk: Sequence[NDArray[np.uint8]], maps: NDArray[np.float32]) -> list[ScoreResult]:
-        """Each map resized to its crop's own size, then scored."""
-        out = []
-        for img, amap in zip(chunk, maps, strict=True):
-            full = cv2.resize(
-                amap.astype(np.float32), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR
+    def _filled(self, img: NDArray[np.uint8], inside: NDArray[np.bool_] | None) -> NDArray[np.uint8]:
+        """A crop whose pixels from outside its source image hold what an OK crop has there: the
+        reference (the mean OK crop), or, for a model without one, an inpainting of the crop."""
+        if inside is None or inside.all():
+            return img
+        if inside.shape != img.shape[:2]:
+            raise InvalidArgumentError("inside", f"mask {inside.shape} does not fit image {img.shape[:2]}")
+        outside = ~inside
+        if self.reference is None:
+            return np.asarray(cv2.inpaint(img, outside.astype(np.uint8), 3, cv2.INPAINT_TELEA), np.uint8)
+        ref = self.reference
+        if ref.shape[:2] != img.shape[:2]:
+            ref = np.asarray(
+                cv2.resize(ref, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_AREA), np.uint8
             )
-            out.append(self._result(np.asarray(full, dtype=np.float32)))
+        # the reference at the crop's brightness: a gain per channel from the pixels both hold
+        gain = img[inside].mean(axis=0) / np.maximum(ref[inside].mean(axis=0), 1.0)
+        out = img.copy()
+        out[outside] = np.clip(ref[outside] * gain, 0, 255)
+        return out
+
+    def _results(
+        self,
+        chunk: Sequence[NDArray[np.uint8]],
+        maps: NDArray[np.float32],
+        inside: Sequence[NDArray[np.bool_] | None] | None = None,
+    ) -> list[ScoreResult]:
+        """Each map resized to its crop's own size (0 where the crop lies outside its image), scored."""
+        out = []
+        for img, amap, mask in zip(chunk, maps, inside or [None] * len(chunk), strict=True):
+            full = np.asarray(
+                cv2.resize(
+                    amap.astype(np.float32), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR
+                ),
+                dtype=np.float32,
+            )
+            if mask is not None:
+                full[~mask] = 0.0
+            out.append(self._result(full))
         return out
 
     def maps(self, batch: torch.Tensor, views: Sequence[str]) -> NDArray[np.float32]:
@@ -427,7 +465,7 @@ class AnomalyModel:
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         created = datetime.now(UTC).replace(microsecond=0)
         meta = dict(self.meta)
-        version = version or _version_id(created, self.meta, self.config)
+        version = version or new_version_id(created, self.meta, asdict(self.config))
         doc = {
             "schema": SCHEMA,
             "version": version,
@@ -452,7 +490,7 @@ class AnomalyModel:
             (out / "reference.png").write_bytes(encode_png(self.reference))
         if self.regions is not None:
             (out / "regions.png").write_bytes(encode_png(self.regions.to_png_rgb()))
-        (out / "model.json").write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+        write_doc(out, doc)
         self.meta["version"] = version
         return out
 
@@ -464,11 +502,9 @@ class AnomalyModel:
         if not doc_path.is_file():
             raise ModelNotFoundError(str(path), "no model.json: not a defectscan model directory")
         try:
-            doc = json.loads(doc_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            doc = parse_doc(doc_path.read_bytes(), str(doc_path))
+        except OSError as exc:
             raise ModelFormatError(str(doc_path), f"unreadable ({exc})") from None
-        if doc.get("schema") != SCHEMA:
-            raise ModelFormatError(str(doc_path), f"schema {doc.get('schema')!r} is not {SCHEMA}")
         raw = dict(doc["config"])
         raw["layers"] = tuple(raw["layers"])
         raw["tta_views"] = tuple(raw["tta_views"])
@@ -484,10 +520,7 @@ class AnomalyModel:
             net.load_state_dict(drop_trimmed(state, net), strict=True)
         except Exception as exc:
             raise ModelFormatError(str(path / "model.safetensors"), f"cannot load weights ({exc})") from None
-        saved = dict(doc["calibration"])
-        if saved.get("frr_interval") is not None:
-            saved["frr_interval"] = tuple(saved["frr_interval"])
-        calibration = Calibration(**saved)
+        calibration = read_calibration(doc)
         meta = {k: v for k, v in doc.items() if k not in ("config", "calibration")}
         model = cls(config, net, calibration, meta)
         if (path / "reference.png").is_file():
@@ -556,65 +589,6 @@ def tta_defaults(method: str) -> tuple[str, ...]:
     return ("identity",) if method == "variation" else tta.DEFAULT_VIEWS
 
 
-def calibrate(
-    ok_scores: Sequence[float],
-    defect_scores: Sequence[float] = (),
-    target_frr: float | None = None,
-    folds: int = 0,
-) -> Calibration:
-    """The threshold rules from the module docstring: the operating point for ``target_frr`` from
-    out-of-sample OK scores, or (``target_frr`` None) the holdout rules."""
-    ok = np.asarray(ok_scores, dtype=np.float64)
-    if ok.size == 0:
-        raise InvalidArgumentError("holdout", "calibration needs held-out OK images (holdout > 0)")
-    mean, std = float(ok.mean()), float(ok.std(ddof=1)) if ok.size > 1 else 0.0
-    std = max(std, 1e-6 * max(abs(mean), 1.0))
-    if target_frr is not None:
-        point = operating_point(ok, target_frr, defect_scores)
-        return Calibration(
-            point.threshold,
-            f"{RULE} ({folds} folds)",
-            mean,
-            std,
-            point.ok_count,
-            point.defect_count,
-            target_frr=target_frr,
-            expected_frr=point.expected_frr,
-            frr_interval=point.frr_interval,
-            ok_rejected=point.ok_rejected,
-            escapes=point.escapes if point.defect_count else None,
-            folds=folds,
-        )
-    if len(defect_scores) == 0:
-        threshold = max(mean + 3 * std, float(ok.max()))
-        return Calibration(threshold, "ok-holdout: max(mean + 3 std, max)", mean, std, int(ok.size))
-    bad = np.asarray(defect_scores, dtype=np.float64)
-    threshold, f1 = f1_optimal_threshold(ok, bad)
-    return Calibration(
-        threshold,
-        "f1-optimal over held-out OK and labelled defects",
-        mean,
-        std,
-        int(ok.size),
-        int(bad.size),
-        f1,
-    )
-
-
-def f1_optimal_threshold(ok: NDArray[np.float64], bad: NDArray[np.float64]) -> tuple[float, float]:
-    """The threshold (midway between neighbouring scores) with the best F1 for 'defect' as positive."""
-    scores = np.concatenate([ok, bad])
-    labels = np.concatenate([np.zeros(ok.size), np.ones(bad.size)])
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], labels[order]
-    tp = np.cumsum(y)
-    fp = np.cumsum(1 - y)
-    f1 = 2 * tp / (tp + fp + y.sum())
-    best = int(np.argmax(f1))
-    below = s[best + 1] if best + 1 < s.size else s[best] - 1e-6
-    return float((s[best] + below) / 2), float(f1[best])
-
-
 def fold_sets(n: int, folds: int) -> list[set[int]]:
     """``folds`` interleaved folds of ``n`` images (every ``folds``-th image; fewer folds for fewer
     images), deterministic and spread over the set as it was ordered."""
@@ -675,21 +649,3 @@ def reference_image(images: Sequence[NDArray[np.uint8]]) -> NDArray[np.uint8]:
         same = img.shape[:2] == (height, width)
         total += img if same else cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
     return np.clip(np.rint(total / len(images)), 0, 255).astype(np.uint8)
-
-
-def _version_id(created: datetime, meta: dict[str, object], config: ModelConfig) -> str:
-    training = meta.get("training", {})
-    data_hash = training.get("sha256", "") if isinstance(training, dict) else ""
-    salt = secrets.token_hex(8)  # two trainings in the same second on the same data still differ
-    digest = hashlib.sha256(f"{data_hash}{asdict(config)}{created.isoformat()}{salt}".encode()).hexdigest()[
-        :6
-    ]
-    return f"{created.strftime('%Y%m%dT%H%M%SZ')}-{digest}"
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -36,7 +36,8 @@ from pipeline.errors import InvalidArgumentError
 GUMBEL_IQR = math.log(math.log(4.0)) - math.log(math.log(4.0 / 3.0))  # IQR of the standard Gumbel
 GUMBEL_MEDIAN = -math.log(math.log(2.0))  # median of the standard Gumbel
 BOOTSTRAP = 400
-RULE = "gumbel tail of out-of-sample OK scores (median and IQR), threshold at 1 - target_frr"
+TAIL = "gumbel tail of out-of-sample OK scores (median and IQR)"
+RULE = f"{TAIL}, threshold at 1 - target_frr"
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class OkTail:
 @dataclass(frozen=True)
 class OperatingPoint:
     threshold: float
-    target_frr: float
+    target_frr: float | None  # None: a threshold given by hand
     expected_frr: float
     frr_interval: tuple[float, float]  # 90 %, from bootstrap refits
     ok_count: int
@@ -99,9 +100,20 @@ def operating_point(
     rate, a 90 % interval, and (with labelled defects) the escapes at it."""
     if not 0 < target_frr < 0.5:
         raise InvalidArgumentError("--target-frr", f"must be in (0, 0.5), got {target_frr}")
+    return point_at(ok_scores, fit_ok_tail(ok_scores).threshold(target_frr), defect_scores, target_frr, seed)
+
+
+def point_at(
+    ok_scores: Sequence[float] | np.ndarray,
+    threshold: float,
+    defect_scores: Sequence[float] = (),
+    target_frr: float | None = None,
+    seed: int = 0,
+) -> OperatingPoint:
+    """What a given threshold costs: its expected false-reject rate under the fit of the OK scores, with
+    the 90 % interval, and the OK images and labelled defects on the wrong side of it."""
     ok = np.asarray(ok_scores, dtype=np.float64)
     tail = fit_ok_tail(ok)
-    threshold = tail.threshold(target_frr)
     rng = np.random.default_rng(seed)
     refits = [fit_ok_tail(rng.choice(ok, ok.size)).frr(threshold) for _ in range(BOOTSTRAP)]
     low, high = np.quantile(refits, [0.05, 0.95])

@@ -29,7 +29,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.errors import InvalidArgumentError, TooSmallError
-from pipeline.geometry import Pose, crop_at_pose, inscribed_fraction, nms, placement_matrix, pose_box
+from pipeline.geometry import (
+    Pose,
+    crop_at_pose,
+    inscribed_fraction,
+    inside_at_pose,
+    nms,
+    placement_matrix,
+    pose_box,
+)
 from pipeline.images import to_gray
 
 Gray = NDArray[np.float32]
@@ -316,6 +324,21 @@ class Segmenter:
     def crops(self, image: NDArray[np.uint8], detections: Iterable[Detection]) -> list[NDArray[np.uint8]]:
         """The aligned crop of each detection: rotated and scaled back to the template's frame and size."""
         return [crop_at_pose(image, d.pose, self.width, self.height) for d in detections]
+
+    def inside(
+        self, image: NDArray[np.uint8], detections: Iterable[Detection]
+    ) -> list[NDArray[np.bool_] | None]:
+        """Per crop, the pixels that come from inside ``image`` (None where all of them do)."""
+        masks = [inside_at_pose(image.shape, d.pose, self.width, self.height) for d in detections]
+        return [None if m.all() else m for m in masks]
+
+    def whole_crops(self, image: NDArray[np.uint8], name: str = "image") -> list[NDArray[np.uint8]]:
+        """The crops of the instances that lie wholly inside ``image``: training material (a crop
+        reaching past the image's edge holds black fill, which no OK part has)."""
+        found = self.find(image, name)
+        return [
+            c for c, m in zip(self.crops(image, found), self.inside(image, found), strict=True) if m is None
+        ]
 
 
 def _argmax_xy(result: NDArray[np.float32]) -> tuple[int, int]:

@@ -31,6 +31,7 @@ from producer.models_cli import MODEL_COMMANDS
 from producer.ops_cli import OPS_COMMANDS
 from producer.options import search_options, segment_options
 from producer.synth_files import write_synthetic_set
+from producer.threshold_cli import threshold
 from worker.datasets import ImageSet, expand_inputs, mvtec_test_items, read_folder, read_pairs
 from worker.evaluation import run_evaluation, run_pair_evaluation
 from worker.results import OutputOptions
@@ -421,7 +422,7 @@ def demo(out: Path, sheets: int) -> None:
     click.echo(f"model: {model_dir}   sample sheets: {data / 'sheets'}   ground truth: {data / 'truth'}")
 
 
-for _command in (*BATCH_COMMANDS, *MODEL_COMMANDS, *OPS_COMMANDS):
+for _command in (*BATCH_COMMANDS, *MODEL_COMMANDS, threshold, *OPS_COMMANDS):
     cli.add_command(_command)
 
 

@@ -35,6 +35,7 @@ class DetectionRecord(BaseModel):
     scale: float
     score: float
     crop: str
+    partial: bool = False  # the crop reaches past the image's edge (black fill there): not for training
 
 
 class TemplateRecord(BaseModel):
@@ -99,7 +100,12 @@ def segment_files(
             detections = segmenter.find(rgb, str(path))
             for k, crop in enumerate(segmenter.crops(rgb, detections)):
                 out.put(f"{stem}_{k}.png", encode_png(crop))
-            record.detections = [_detection_record(k, d, f"{stem}_{k}.png") for k, d in enumerate(detections)]
+            record.detections = [
+                _detection_record(k, d, f"{stem}_{k}.png", inside is not None)
+                for k, (d, inside) in enumerate(
+                    zip(detections, segmenter.inside(rgb, detections), strict=True)
+                )
+            ]
         except DefectscanError as exc:
             record.error = ErrorRecord(**exc.as_dict())
             summary.failures.append(record.error)
@@ -111,7 +117,7 @@ def segment_files(
     return summary
 
 
-def _detection_record(index: int, det: Detection, crop: str) -> DetectionRecord:
+def _detection_record(index: int, det: Detection, crop: str, partial: bool) -> DetectionRecord:
     return DetectionRecord(
         index=index,
         box=(round(det.box[0], 2), round(det.box[1], 2), round(det.box[2], 2), round(det.box[3], 2)),
@@ -120,4 +126,5 @@ def _detection_record(index: int, det: Detection, crop: str) -> DetectionRecord:
         scale=round(det.pose.scale, 5),
         score=round(det.score, 5),
         crop=crop,
+        partial=partial,
     )

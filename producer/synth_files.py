@@ -131,7 +131,7 @@ def aligned_ok_crops(
     crops: list[NDArray[np.uint8]] = []
     for index in range(sheets):
         clean = generate_sheet(seed, index, 0.0, spec).image
-        crops += segmenter.crops(clean, segmenter.find(clean, f"sheet {index}"))
+        crops += segmenter.whole_crops(clean, f"sheet {index}")
     return crops
 
 

@@ -124,6 +124,7 @@ def test_save_and_load_give_identical_scores(
     assert doc["calibration"]["threshold"] == patchcore.calibration.threshold
     assert (tmp_path / "m" / "reference.png").is_file()
     assert {p.name for p in (tmp_path / "m").iterdir()} == {
+        "MODEL_CARD.md",
         "model.json",
         "model.safetensors",
         "reference.png",

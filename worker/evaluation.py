@@ -22,6 +22,23 @@ from worker.storage import read_local
 
 def run_evaluation(model: AnomalyModel, items: Sequence[TestItem], use_tta: bool = True) -> dict[str, object]:
     """Score every test item and summarise; unreadable items are counted and left out."""
+    samples, failures, score_s = score_items(model, items, use_tta)
+    result = summarize(samples, model.calibration.threshold, model.config.image_size)
+    result["tta"] = list(model.config.tta_views) if use_tta else ["identity"]
+    result["model"] = {"method": model.config.method, "version": model.meta.get("version")}
+    result["failures"] = failures
+    result["timings"] = {
+        "score_s": round(score_s, 3),
+        "ms_per_image": round(1000 * score_s / max(len(samples), 1), 2),
+    }
+    return result
+
+
+def score_items(
+    model: AnomalyModel, items: Sequence[TestItem], use_tta: bool = True
+) -> tuple[list[Sample], list[dict[str, str]], float]:
+    """Every readable item scored (with its map and mask), the unreadable ones' errors, and the seconds
+    spent scoring."""
     samples: list[Sample] = []
     failures: list[dict[str, str]] = []
     score_s = 0.0
@@ -46,15 +63,7 @@ def run_evaluation(model: AnomalyModel, items: Sequence[TestItem], use_tta: bool
         if len(batch) == model.config.batch_size:
             flush()
     flush()
-    result = summarize(samples, model.calibration.threshold, model.config.image_size)
-    result["tta"] = list(model.config.tta_views) if use_tta else ["identity"]
-    result["model"] = {"method": model.config.method, "version": model.meta.get("version")}
-    result["failures"] = failures
-    result["timings"] = {
-        "score_s": round(score_s, 3),
-        "ms_per_image": round(1000 * score_s / max(len(samples), 1), 2),
-    }
-    return result
+    return samples, failures, score_s
 
 
 def _load(

@@ -16,13 +16,13 @@ pinned one is refused.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ModelFormatError, ModelNotFoundError
+from pipeline.model_doc import MODEL_JSON, parse_doc
 
 if TYPE_CHECKING:
     from pipeline.model import AnomalyModel
@@ -38,34 +38,41 @@ def _split(location: str) -> tuple[str, str | None]:
     return (head, tag) if sep and "/" not in tag else (location.rstrip("/"), None)
 
 
-def _model_json(store: Storage, where: str) -> dict[str, object]:
+def model_doc(store: Storage, where: str) -> dict[str, Any]:
+    """The ``model.json`` of the model directory ``store`` (``where`` names it in errors)."""
     try:
-        doc = json.loads(store.get("model.json"))
-    except json.JSONDecodeError as exc:
-        raise ModelFormatError(f"{where}/model.json", f"not JSON ({exc})") from None
+        data = store.get(MODEL_JSON)
     except Exception as exc:
         raise ModelNotFoundError(where, f"no model here ({exc})") from None
-    if not isinstance(doc, dict):
-        raise ModelFormatError(f"{where}/model.json", "not a JSON object")
-    return doc
+    return parse_doc(data, f"{where}/{MODEL_JSON}")
 
 
-def resolve_model(location: str) -> tuple[str, str]:
-    """``(model directory location, version)`` for a directory, ``<models>/PRODUCT@latest`` or
-    ``@VERSION``; a bare ``PRODUCT@...`` goes through the registry (``DEFECTSCAN_REGISTRY``)."""
+def registry_version(location: str) -> tuple[Registry, str, str] | None:
+    """``(registry, product, version)`` for ``<models>/PRODUCT@latest`` or ``@VERSION`` (a bare
+    ``PRODUCT@...`` goes through ``DEFECTSCAN_REGISTRY``), with ``latest`` resolved; None for a
+    directory."""
     if "@" in location and "/" not in location:  # PRODUCT@latest: through the registry
         location = f"{registry_location()}/{location}"
     base, tag = _split(location)
-    if tag is not None:
-        root, _, product = base.rpartition("/")
-        registry = Registry(root)
-        if tag == "latest":
-            promoted = registry.latest(product)
-            if promoted is None:
-                raise ModelNotFoundError(location, f"no {base}/LATEST: no version has been promoted")
-            tag = promoted
-        base = registry.model_location(product, tag)
-    doc = _model_json(open_storage(base), base)
+    if tag is None:
+        return None
+    root, _, product = base.rpartition("/")
+    registry = Registry(root)
+    if tag == "latest":
+        promoted = registry.latest(product)
+        if promoted is None:
+            raise ModelNotFoundError(location, f"no {base}/LATEST: no version has been promoted")
+        tag = promoted
+    return registry, product, tag
+
+
+def resolve_model(location: str) -> tuple[str, str]:
+    """``(model directory location, version)`` for a directory or a registry version
+    (:func:`registry_version`)."""
+    pinned = registry_version(location)
+    tag = pinned[2] if pinned else None
+    base = pinned[0].model_location(pinned[1], pinned[2]) if pinned else location.rstrip("/")
+    doc = model_doc(open_storage(base), base)
     version = str(doc.get("version") or "")
     if not version:
         raise ModelFormatError(f"{base}/model.json", "no version")

@@ -6,7 +6,7 @@ Layout under the registry root (``DEFECTSCAN_REGISTRY``, e.g. ``s3://bucket/mode
                             metrics.json, MODEL_CARD.md
     <product>/LATEST        the promoted version id
 
-Version ids are ``<UTC time to the second>-<6 hex>`` (:func:`pipeline.model.new_version_id`), so they
+Version ids are ``<UTC time to the second>-<6 hex>`` (:func:`pipeline.model_doc.new_version_id`), so they
 sort by time and two trainings in the same second still differ. A version is published by copying its
 files with ``model.json`` last: a version folder without ``model.json`` is incomplete and not listed.
 Promotion rewrites ``LATEST`` (one whole object); batches resolve ``@latest`` once, when they are
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import ModelNotFoundError
+from pipeline.model_card import model_card
+from pipeline.model_doc import doc_bytes
 from worker.storage import Storage, join_key, open_storage
 
 REGISTRY_ENV = "DEFECTSCAN_REGISTRY"
@@ -85,10 +87,26 @@ class Registry:
         )
         self.store.put(f"{base}/{CARD}", card.encode(), "text/markdown")
         for path in sorted(model_dir.iterdir()):
-            if path.is_file() and path.name != "model.json":
+            if path.is_file() and path.name not in ("model.json", CARD):
                 self.store.put(f"{base}/{path.name}", path.read_bytes())
         self.store.put(f"{base}/model.json", (model_dir / "model.json").read_bytes(), "application/json")
         return version
+
+    def derive(self, product: str, version: str, doc: dict[str, object]) -> str:
+        """Publish ``doc`` (a new version's ``model.json``, e.g. a new operating point) with the files of
+        ``version`` (weights, pictures, metrics) copied beside it; the new version. Nothing is promoted:
+        batches that pinned ``version`` keep it."""
+        source, new = join_key(product, version), str(doc["version"])
+        target = join_key(product, new)
+        if not self.store.exists(f"{source}/model.json"):
+            raise ModelNotFoundError(f"{product}@{version}", "no such version")
+        for obj in self.store.objects(source):
+            name = obj.key.rsplit("/", 1)[-1]
+            if name not in ("model.json", CARD):
+                self.store.put(f"{target}/{name}", self.store.get(obj.key))
+        self.store.put(f"{target}/{CARD}", model_card(doc).encode(), "text/markdown")
+        self.store.put(f"{target}/model.json", doc_bytes(doc), "application/json")
+        return new
 
     def promote(self, product: str, version: str) -> None:
         if not self.store.exists(join_key(product, version, "model.json")):

@@ -217,9 +217,7 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
         segmenter = Segmenter(decode_image(read_location(req.template), req.template))
         book.update(stage="segmenting")
         crops = [
-            c
-            for image, key in zip(images, names, strict=True)
-            for c in segmenter.crops(image, segmenter.find(image, key))
+            c for image, key in zip(images, names, strict=True) for c in segmenter.whole_crops(image, key)
         ]
         if not crops:
             raise TrainingDataError(req.ok, "the template was found in none of the OK images")

@@ -27,12 +27,18 @@ re-check) from those out-of-fold scores (:mod:`pipeline.operating_point`: a robu
 the expected false-reject rate and its interval); labelled defect crops add the escape rate at it.
 Other methods keep ``holdout`` (20 %) of the OK images out of training and score them; the threshold is
 ``mean + 3 std`` of their scores, but at least their maximum, or, with labelled defect crops, the one
-that maximises F1 over the held-out OK and the defect crops.
+that maximises F1 over the held-out OK and the defect crops (the rules: :func:`pipeline.model_doc.calibrate`).
+
+**Crops cut at an image's edge.** :meth:`AnomalyModel.score` takes, per crop, the pixels that came
+from its image (:func:`pipeline.geometry.inside_at_pose`); the others are filled with the reference at
+the crop's brightness before scoring and are 0 in the map, so only image pixels can raise a score.
 
 **Artifact** (a directory): ``model.safetensors`` (every tensor of the network, backbone included, so a
 model never depends on a weights package or the network), ``model.json`` (config, preprocessing,
-calibration, training-set summary, metrics, created_at, version), ``reference.png`` (the mean OK
-crop) and ``regions.png`` (the product's region map, :mod:`pipeline.regions`; edit it to override).
+calibration with the out-of-sample scores it came from, training-set summary, metrics, created_at,
+version; :mod:`pipeline.model_doc`), ``MODEL_CARD.md`` (:mod:`pipeline.model_card`), ``reference.png``
+(the mean OK crop) and ``regions.png`` (the product's region map, :mod:`pipeline.regions`; edit it to
+override).
 Loading executes no code from the files.
 """
 

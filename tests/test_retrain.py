@@ -102,7 +102,7 @@ def test_retrain_registers_versions_promotes_by_the_gate_and_batches_use_latest(
     v1 = state["version"]
     assert registry.latest("foil") == v1  # the first version of a product is promoted
     card = registry.store.get(f"foil/{v1}/MODEL_CARD.md").decode()
-    assert "image_auroc" in card and "first version" in card
+    assert "image_auroc" in card and "first version" in card and "## Operating point" in card
     metrics = json.loads(registry.store.get(f"foil/{v1}/metrics.json"))
     assert metrics["validation"]["image_auroc"] is not None and metrics["training"]["crops"] == 16
 

@@ -44,6 +44,7 @@ from pydantic import BaseModel
 
 from pipeline.errors import DefectscanError, InvalidArgumentError
 from pipeline.images import decode_image
+from pipeline.model_doc import MODEL_CARD
 from worker.app import app
 from worker.batches import TTL_S, connect
 from worker.datasets import IMAGE_SUFFIXES, mvtec_test_items
@@ -156,7 +157,7 @@ def download(store: Storage, dest: Path) -> Path:
     return dest
 
 
-def model_card(
+def retrain_card(
     req: RetrainRequest, version: str, metrics: dict[str, Any], promoted: bool, reason: str
 ) -> str:
     training = metrics.get("training", {})
@@ -254,8 +255,9 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
         promoted, reason = gate(req.promote, metrics["validation"], current_metrics, latest is not None)
         book.update(stage="publishing")
         model_dir = model.save(Path(tmp) / "model")
-        version = str(json.loads((model_dir / "model.json").read_text())["version"])
-        card = model_card(req, version, metrics, promoted, reason)
+        version = str(model.meta["version"])
+        card = retrain_card(req, version, metrics, promoted, reason)
+        card += "\n" + (model_dir / MODEL_CARD).read_text()  # the model's own: its operating point
         registry.publish(req.product, model_dir, {**metrics, "promoted": promoted, "reason": reason}, card)
     if promoted:
         registry.promote(req.product, version)

@@ -208,7 +208,7 @@ class AnomalyModel:
         torch.manual_seed(config.seed)
         held = set() if config.out_of_fold else _holdout_indices(len(ok), config.holdout)
         folds = fold_sets(len(ok), config.folds) if config.out_of_fold else []
-        fold_banks: list[networks.FoldBank] = []
+        fitted: networks.PatchcoreFit | None = None
         train = [img for i, img in enumerate(ok) if i not in held]
         kinds = list(dict.fromkeys(augment))
         if config.tta_in_training:
@@ -230,17 +230,17 @@ class AnomalyModel:
             if folds and isinstance(member, networks.BankPatchcore):
                 sources = [*range(len(train)), *(i for k in usable for i in range(len(train)))]
                 sources += [-1] * len(aux)  # auxiliary images are never held out
-                stats[name], fold_banks = networks.fit_patchcore(
-                    member, batches, config.coreset_ratio, sources, folds
-                )
+                fitted = networks.fit_patchcore(member, batches, config.coreset_ratio, sources, folds)
+                stats[name] = fitted.stats
+                offsets = {k: len(train) * (1 + i) for i, k in enumerate(usable)} | {"identity": 0}
             else:
                 stats[name] = _fit_member(member, batches, config)
         if isinstance(net, FusedNet):
             stats["fusion"], ok_scores = model._fit_fusion(held_ok)
         else:
             stats = dict(stats[config.method])  # type: ignore[call-overload]
-            if folds:
-                ok_scores = model._out_of_fold_scores(ok, folds, fold_banks)
+            if folds and fitted is not None:
+                ok_scores = model._out_of_fold_scores(ok, folds, fitted, offsets)
             else:
                 ok_scores = [r.score for r in model.score(held_ok)] if held_ok else []
         model.net.eval()
@@ -272,21 +272,52 @@ class AnomalyModel:
 
     @torch.no_grad()
     def _out_of_fold_scores(
-        self, ok: Sequence[NDArray[np.uint8]], folds: Sequence[set[int]], banks: Sequence[networks.FoldBank]
+        self,
+        ok: Sequence[NDArray[np.uint8]],
+        folds: Sequence[set[int]],
+        fitted: networks.PatchcoreFit,
+        offsets: dict[str, int],
     ) -> list[float]:
-        """Each OK image's score against the bank of the folds it is not in (then the final bank back)."""
+        """Each OK image's score against the bank of the folds it is not in (then the final bank back).
+
+        Where training saw every TTA view of the OK images (``offsets``: the first training sample of
+        each view), their patch embeddings are reused, so the backbone does not run again; otherwise the
+        images are scored as any crop is."""
         net = self.net
         final = (net.memory_bank, net.bank_penalty)
+        views = self.config.tta_views
+        reuse = all(v in offsets for v in views) and isinstance(net, networks.BankPatchcore)
         scores = [0.0] * len(ok)
         try:
-            for fold, (bank, penalty) in zip(folds, banks, strict=True):
+            for fold, (bank, penalty) in zip(folds, fitted.fold_banks, strict=True):
                 net.memory_bank, net.bank_penalty = bank, penalty
                 members = sorted(fold)
-                for i, result in zip(members, self.score([ok[i] for i in members]), strict=True):
-                    scores[i] = result.score
+                if not reuse:
+                    for i, result in zip(members, self.score([ok[i] for i in members]), strict=True):
+                        scores[i] = result.score
+                    continue
+                for start in range(0, len(members), self.config.batch_size):
+                    chunk = members[start : start + self.config.batch_size]
+                    maps = self._maps_from_patches(fitted, [[offsets[v] + i for i in chunk] for v in views])
+                    for i, result in zip(chunk, self._results([ok[i] for i in chunk], maps), strict=True):
+                        scores[i] = result.score
         finally:
             net.memory_bank, net.bank_penalty = final
         return scores
+
+    def _maps_from_patches(
+        self, fitted: networks.PatchcoreFit, samples: list[list[int]]
+    ) -> NDArray[np.float32]:
+        """The TTA-merged maps of images whose views are the training samples ``samples[view][image]``
+        (the numbers :meth:`maps` gives, without the backbone, up to rounding: a training view is a
+        flipped crop resized, a scoring view a resized crop flipped)."""
+        net, size, rows = self.net, self.config.image_size, fitted.per_sample
+        assert isinstance(net, networks.BankPatchcore)
+        index = torch.tensor([s for view in samples for s in view])
+        picked = (index[:, None] * rows + torch.arange(rows)[None]).reshape(-1)
+        maps = net.maps_from_patches(fitted.patches[picked], len(index), (size, size))
+        merged = tta.merge(maps.float(), self.config.tta_views, self.config.tta_reduce)
+        return merged[:, 0].cpu().numpy().astype(np.float32)
 
     @property
     def calibration_scores(self) -> list[float]:
@@ -580,7 +611,7 @@ def _members(net: nn.Module, method: str) -> dict[str, nn.Module]:
 
 def _fit_member(net: nn.Module, batches: networks.Batches, config: ModelConfig) -> dict[str, float]:
     if isinstance(net, networks.BankPatchcore):
-        return networks.fit_patchcore(net, batches, config.coreset_ratio)[0]
+        return networks.fit_patchcore(net, batches, config.coreset_ratio).stats
     if isinstance(net, networks.OfflineStfpm):
         return networks.fit_stfpm(net, batches, config.epochs)
     if isinstance(net, networks.PadimModel):

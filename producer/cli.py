@@ -101,6 +101,7 @@ def _segmenter(
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--template", "template_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--keep-partial", is_flag=True, help="Also write crops that reach past the image's edge.")
 @segment_options
 def segment(
     images: tuple[Path, ...],
@@ -112,11 +113,14 @@ def segment(
     scales: str,
     max_pixels: int,
     pyramid: bool,
+    keep_partial: bool,
 ) -> None:
     """Find every instance of a template in IMAGES (files or folders) and cut aligned crops into OUT.
 
-    Writes OUT/<image-stem>.json with the detections and OUT/<image-stem>_<k>.png per crop. A file that
-    fails gets an "error" in its JSON and the run goes on; the exit status is 1 if any file failed.
+    Writes OUT/<image-stem>.json with the detections and OUT/<image-stem>_<k>.png per crop (an instance
+    that reaches past the image's edge is listed as partial, its crop written only with --keep-partial:
+    its black fill is unfit for training). A file that fails gets an "error" in its JSON and the run goes
+    on; the exit status is 1 if any file failed.
     """
     segmenter = _segmenter(template_path, angles, scales, min_score, max_instances, pyramid)
     paths = expand_inputs(images)
@@ -127,7 +131,9 @@ def segment(
             if record.error is not None:
                 print_error(record.error.message, record.error.code)
 
-        summary = segment_files(paths, segmenter, str(template_path), LocalStorage(out), max_pixels, report)
+        summary = segment_files(
+            paths, segmenter, str(template_path), LocalStorage(out), max_pixels, report, keep_partial
+        )
     click.echo(
         f"segmented {summary.images} images: {summary.detections} instances, "
         f"{len(summary.failures)} failed; results in {out}"
@@ -400,20 +406,29 @@ def _relative(path: Path, root: Path) -> str:
 @click.argument("out", default="demo-output", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--sheets", default=8, show_default=True, type=click.IntRange(1, 1000))
 def demo(out: Path, sheets: int) -> None:
-    """The main job on local folders: synthetic sheets, train on their OK crops, inspect the sheets."""
-    data, model_dir, results = out / "data", out / "model", out / "results"
+    """The main job on local folders, as a user runs it: photographs of good sheets are segmented and
+    the model trained on their crops; then new sheets, a quarter of their instances defective, are
+    inspected."""
+    data, good, model_dir, results = out / "data", out / "good", out / "model", out / "results"
+    scales = ["--scales", "0.95:1.05:0.05"]
+    synth.main(
+        [str(good), "--sheets", str(sheets), "--defect-rate", "0", "--seed", "8"], standalone_mode=False
+    )
+    template = str(good / "template.png")
+    segment.main(
+        [str(good / "sheets"), "--template", template, "--out", str(out / "crops"), *scales],
+        standalone_mode=False,
+    )
+    # 64 instances a run: at the default 1 % a good one would be sent to re-check every other run
+    train.main(
+        ["--ok", str(out / "crops"), "--target-frr", "0.002", "--out", str(model_dir)], standalone_mode=False
+    )
     synth.main(
         [str(data), "--sheets", str(sheets), "--defect-rate", "0.25", "--seed", "7"], standalone_mode=False
     )
-    train.main(
-        ["--ok", str(data / "mvtec" / "train" / "good"), "--out", str(model_dir)], standalone_mode=False
-    )
-    args = [str(data / "sheets"), "--model", str(model_dir), "--template", str(data / "template.png")]
+    args = [str(data / "sheets"), "--model", str(model_dir), "--template", template]
     try:
-        inspect.main(
-            [*args, "--out", str(results), "--product", "demo-foil", "--scales", "0.95:1.05:0.05"],
-            standalone_mode=False,
-        )
+        inspect.main([*args, "--out", str(results), "--product", "demo-foil", *scales], standalone_mode=False)
     except SystemExit as exc:  # inspect exits 1 when an image failed; the demo reports and goes on
         if exc.code not in (0, None):
             err.print(f"some images failed; see {results / 'summary.json'}")

@@ -34,8 +34,8 @@ class DetectionRecord(BaseModel):
     angle: float
     scale: float
     score: float
-    crop: str
-    partial: bool = False  # the crop reaches past the image's edge (black fill there): not for training
+    crop: str | None  # None: a partial crop, not written
+    partial: bool = False  # the crop reaches past the image's edge (black fill there): unfit for training
 
 
 class TemplateRecord(BaseModel):
@@ -88,6 +88,7 @@ def segment_files(
     out: LocalStorage,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_image: Callable[[Path, SegmentationRecord], None] | None = None,
+    keep_partial: bool = False,
 ) -> RunSummary:
     """Segment every file in ``paths``; see the module docstring for what is written."""
     summary = RunSummary()
@@ -98,13 +99,14 @@ def segment_files(
             rgb = decode_image(read_local(path), str(path), max_pixels)
             record.height, record.width = rgb.shape[:2]
             detections = segmenter.find(rgb, str(path))
+            partial = [m is not None for m in segmenter.inside(rgb, detections)]
+            names: list[str | None] = []
             for k, crop in enumerate(segmenter.crops(rgb, detections)):
-                out.put(f"{stem}_{k}.png", encode_png(crop))
+                names.append(f"{stem}_{k}.png" if keep_partial or not partial[k] else None)
+                if names[k] is not None:
+                    out.put(f"{stem}_{k}.png", encode_png(crop))
             record.detections = [
-                _detection_record(k, d, f"{stem}_{k}.png", inside is not None)
-                for k, (d, inside) in enumerate(
-                    zip(detections, segmenter.inside(rgb, detections), strict=True)
-                )
+                _detection_record(k, d, names[k], partial[k]) for k, d in enumerate(detections)
             ]
         except DefectscanError as exc:
             record.error = ErrorRecord(**exc.as_dict())
@@ -117,7 +119,7 @@ def segment_files(
     return summary
 
 
-def _detection_record(index: int, det: Detection, crop: str, partial: bool) -> DetectionRecord:
+def _detection_record(index: int, det: Detection, crop: str | None, partial: bool) -> DetectionRecord:
     return DetectionRecord(
         index=index,
         box=(round(det.box[0], 2), round(det.box[1], 2), round(det.box[2], 2), round(det.box[3], 2)),

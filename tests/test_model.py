@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -329,3 +330,21 @@ def test_stfpm_sample_weight_scales_its_loss(good: list[np.ndarray]) -> None:
         return stats["final_loss"]
 
     assert one_step_loss(0.1) == pytest.approx(0.1 * one_step_loss(1.0), rel=1e-4)
+
+
+def test_out_of_fold_scores_reuse_training_patches_exactly(
+    good: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out-of-fold scores from the training pass's patch embeddings equal those of scoring each image
+    against its fold's bank with the backbone run again (up to resizing a flipped crop instead of
+    flipping a resized one: the training views are flipped before the resize)."""
+    fast = AnomalyModel.fit(good, SMALL)
+    reuse = AnomalyModel._out_of_fold_scores
+
+    def rescoring(self: AnomalyModel, ok: Any, folds: Any, fitted: Any, offsets: Any) -> list[float]:
+        return reuse(self, ok, folds, fitted, {})  # no offsets: every view is scored from its pixels
+
+    monkeypatch.setattr(AnomalyModel, "_out_of_fold_scores", rescoring)
+    slow = AnomalyModel.fit(good, SMALL)
+    assert np.allclose(fast.calibration_scores, slow.calibration_scores, rtol=0.01)
+    assert fast.calibration.threshold == pytest.approx(slow.calibration.threshold, rel=0.01)

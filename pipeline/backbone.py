@@ -19,10 +19,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from pipeline.errors import DefectscanError
+from pipeline.model_config import LITE2
 
-LITE2 = "tf_efficientnet_lite2"
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
-DEFAULT_LAYERS: tuple[str, ...] = ("blocks.2", "blocks.4")
 """Stride-8 (48 channels) and stride-16 (120 channels) features: mid-level, as PatchCore wants."""
 
 

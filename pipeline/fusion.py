@@ -36,7 +36,6 @@ from torch import nn
 
 from pipeline import tta
 
-FUSIONS = ("mean", "max", "lead")
 LEAD_MARGIN = 3.0
 MARGIN_FACTOR = 2.0  # the lead margin is this many times a member's highest held-out OK z
 

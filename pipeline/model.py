@@ -59,10 +59,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline import fusion, networks, tta
-from pipeline.backbone import LITE2, drop_trimmed, normalization
+from pipeline.backbone import drop_trimmed, normalization
 from pipeline.errors import DefectscanError, InvalidArgumentError, ModelFormatError, ModelNotFoundError
 from pipeline.fusion import FusedNet
 from pipeline.images import decode_image, encode_png, is_gray
+from pipeline.model_config import AUGMENTS, ModelConfig, default_layers
 from pipeline.model_doc import (
     SCHEMA,
     Calibration,
@@ -75,76 +76,6 @@ from pipeline.model_doc import (
 )
 from pipeline.regions import RegionMap, from_png_rgb, region_map
 from pipeline.variation import VariationNet, fit_variation, normal_variants
-
-METHODS = ("patchcore", "padim", "stfpm", "variation", "patchcore+variation")
-AUGMENTS = ("hflip", "vflip", "rot180", "colorjitter")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything that builds and runs a model; stored in ``model.json``."""
-
-    method: str = "patchcore"
-    backbone: str = LITE2
-    backbone_weights: str | None = None
-    layers: tuple[str, ...] = ()
-    image_size: int = 256
-    coreset_ratio: float = 0.01
-    num_neighbors: int = 9
-    tta_views: tuple[str, ...] = ()  # empty: the method's default (see tta_defaults)
-    tta_reduce: str = "mean"
-    batch_size: int = 8
-    holdout: float = 0.2
-    tta_in_training: bool = True
-    epochs: int = 20
-    seed: int = 0
-    # the variation model (pipeline.variation)
-    tolerance_abs: float = 0.06
-    tolerance_rel: float = 3.0
-    search_px: int = 2
-    map_sigma: float = 0.0
-    feature_floor: float = 0.05
-    feature_scale: float = 0.25
-    # fusion (pipeline.fusion): how the members' normalised maps combine
-    fusion: str = "lead"
-    # grading (pipeline.grade): severity from which a defect is major, and critical
-    levels: tuple[float, float, float] = (0.0, 40.0, 70.0)
-    fusion_margin: float = 3.0
-    # the operating point (pipeline.operating_point): PatchCore's out-of-fold calibration
-    target_frr: float = 0.01
-    folds: int = 5
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise InvalidArgumentError("--method", f"{self.method!r} is not one of {', '.join(METHODS)}")
-        if not self.layers:
-            object.__setattr__(self, "layers", networks.default_layers(self.method.split("+")[0]))
-        if not 32 <= self.image_size <= 1024 or self.image_size % 32:
-            raise InvalidArgumentError("--image-size", "must be a multiple of 32 from 32 to 1024")
-        if not 0 < self.coreset_ratio <= 1:
-            raise InvalidArgumentError("coreset_ratio", "must be in (0, 1]")
-        if not 0 <= self.holdout < 1:
-            raise InvalidArgumentError("holdout", "must be in [0, 1)")
-        if not self.tta_views:
-            object.__setattr__(self, "tta_views", tta_defaults(self.method))
-        object.__setattr__(self, "tta_views", tta.check_views(self.tta_views))
-        if self.method == "variation" and set(self.tta_views) & set(tta.GEOMETRIC[1:]):
-            raise InvalidArgumentError("--tta", "variation compares aligned pixels: no flipped views")
-        if not 0 < self.tolerance_abs <= 1 or self.tolerance_rel < 0 or not 0 <= self.search_px <= 8:
-            raise InvalidArgumentError("tolerance", "needs abs in (0, 1], rel >= 0, search_px 0..8")
-        if self.fusion not in fusion.FUSIONS:
-            raise InvalidArgumentError("fusion", f"must be one of {', '.join(fusion.FUSIONS)}")
-        if self.tta_reduce not in ("mean", "max"):
-            raise InvalidArgumentError("tta_reduce", "must be mean or max")
-        if not 0 < self.target_frr < 0.5:
-            raise InvalidArgumentError("--target-frr", "must be in (0, 0.5)")
-        if self.folds == 1 or self.folds < 0:
-            raise InvalidArgumentError("--folds", "must be 0 (a holdout) or at least 2")
-
-    @property
-    def out_of_fold(self) -> bool:
-        """Whether calibration scores every OK image out of fold (PatchCore with ``folds`` >= 2)."""
-        return self.method == "patchcore" and self.folds >= 2
 
 
 @dataclass
@@ -586,7 +517,7 @@ def build_net(config: ModelConfig) -> nn.Module:
 def _build_member(name: str, config: ModelConfig, fused: bool) -> nn.Module:
     """``config.layers`` belong to the first (or only) member; the others take their default layers."""
     first = config.method.split("+")[0] == name
-    layers = config.layers if first else networks.default_layers(name)
+    layers = config.layers if first else default_layers(name)
     if name == "variation":
         mean, std = normalization(config.backbone)
         return VariationNet(
@@ -619,11 +550,6 @@ def _fit_member(net: nn.Module, batches: networks.Batches, config: ModelConfig) 
     if isinstance(net, VariationNet):
         return fit_variation(net, batches)
     raise InvalidArgumentError("--method", f"{config.method!r} has no training routine")
-
-
-def tta_defaults(method: str) -> tuple[str, ...]:
-    """The variation model compares aligned pixels and takes no flipped view; the others take flips."""
-    return ("identity",) if method == "variation" else tta.DEFAULT_VIEWS
 
 
 def fold_sets(n: int, folds: int) -> list[set[int]]:

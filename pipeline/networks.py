@@ -33,14 +33,10 @@ from anomalib.models.image.stfpm.loss import STFPMLoss
 from anomalib.models.image.stfpm.torch_model import STFPMModel
 from torch import nn
 
-from pipeline.backbone import DEFAULT_LAYERS, load_weights, trim_unused_stages
+from pipeline.backbone import load_weights, trim_unused_stages
 from pipeline.bank_search import BankIndex, full_nearest_distances
 from pipeline.blur import use_separable_blur
 from pipeline.coreset import k_center_greedy
-from pipeline.variation import VARIATION_LAYERS
-
-PADIM_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
-STFPM_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
 
 
 class BankPatchcore(PatchcoreModel):
@@ -134,15 +130,6 @@ class OfflineStfpm(STFPMModel):
         for parameter in self.teacher_model.parameters():
             parameter.requires_grad = False
         self.anomaly_map_generator = StfpmMapGenerator()
-
-
-def default_layers(method: str) -> tuple[str, ...]:
-    return {
-        "patchcore": DEFAULT_LAYERS,
-        "padim": PADIM_LAYERS,
-        "stfpm": STFPM_LAYERS,
-        "variation": VARIATION_LAYERS,
-    }[method]
 
 
 def build(method: str, backbone: str, layers: tuple[str, ...], num_neighbors: int = 9) -> nn.Module:

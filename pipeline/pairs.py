@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from pipeline.backbone import LITE2, load_weights, normalization
+from pipeline.backbone import load_weights, normalization
 from pipeline.errors import InvalidArgumentError
 from pipeline.images import to_gray
-from pipeline.variation import VARIATION_LAYERS, VariationNet
+from pipeline.model_config import LITE2, VARIATION_LAYERS
+from pipeline.variation import VariationNet
 
 
 @dataclass

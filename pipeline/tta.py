@@ -12,19 +12,19 @@ from collections.abc import Sequence
 
 import torch
 
-GEOMETRIC = ("identity", "hflip", "vflip", "rot180")
-PHOTOMETRIC = {"bright": 1.1, "dark": 0.9}
-VIEWS = (*GEOMETRIC, *PHOTOMETRIC)
-DEFAULT_VIEWS = ("identity", "hflip", "vflip")
+from pipeline.model_config import DEFAULT_VIEWS, GEOMETRIC, PHOTOMETRIC, VIEWS, check_views
 
-
-def check_views(views: Sequence[str]) -> tuple[str, ...]:
-    """Validate view names; the identity always comes first."""
-    unknown = [v for v in views if v not in VIEWS]
-    if unknown:
-        raise ValueError(f"unknown TTA views {unknown}; known: {', '.join(VIEWS)}")
-    rest = [v for v in dict.fromkeys(views) if v != "identity"]
-    return ("identity", *rest)
+__all__ = [
+    "DEFAULT_VIEWS",
+    "GEOMETRIC",
+    "PHOTOMETRIC",
+    "VIEWS",
+    "apply",
+    "check_views",
+    "expand",
+    "invert",
+    "merge",
+]
 
 
 def apply(view: str, images: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,6 @@ from torch.nn import functional as F
 from pipeline.backbone import trim_unused_stages
 from pipeline.blur import gaussian
 
-VARIATION_LAYERS = ("blocks.1",)
 FEATURE_MARGIN = 1.0  # z-distances up to one OK spread add nothing to the map
 NORMAL_SHIFTS_PX = ((2, 2), (-2, -2), (2, -2), (-2, 2))  # crop pixels; see normal_variants
 NORMAL_GAINS = (1.1, 0.9)

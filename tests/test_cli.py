@@ -159,6 +159,7 @@ def test_console_script_demo_runs_the_main_job(tmp_path: Path) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "segmented 3 images: 24 instances" in proc.stdout  # photographs of good sheets: training
     assert "inspected 3 images" in proc.stdout and "24 instances" in proc.stdout
     results = tmp_path / "demo" / "results"
     assert str(results) in proc.stdout

@@ -91,7 +91,7 @@ def default_wait_s() -> float:
 def connect(url: str | None = None, wait_s: float | None = None) -> Any:
     """A Redis client that retries a command through a lost connection for about ``wait_s`` seconds."""
     wait = default_wait_s() if wait_s is None else wait_s
-    retries = int(wait / BACKOFF_CAP_S) + 3
+    retries = int(wait / BACKOFF_CAP_S) + 3 if wait > 0 else 0
     return redis.Redis.from_url(
         url or bookkeeping_url(),
         retry=Retry(ExponentialWithJitterBackoff(cap=BACKOFF_CAP_S, base=0.25), retries),

@@ -19,7 +19,7 @@ few-pixel defects on aligned prints of ``tests/test_variation.py`` still score a
 ``mean`` (the mean of the ``z`` maps) and ``max`` are kept for comparison.
 Measured on magnetic_tile (unaligned tiles, where the variation model alone reaches only 0.70 image
 AUROC), with TTA: ``lead`` 0.9073 / 0.7935, ``mean`` 0.902 / 0.791, ``max`` 0.883 / 0.772 (image / pixel
-AUROC), PatchCore alone 0.9073 / 0.7935 (see the README). A member that is mostly noise drags a mean
+AUROC), PatchCore alone 0.9073 / 0.7935 (docs/benchmarks.md). A member that is mostly noise drags a mean
 down; the lead rule keeps PatchCore's ranking and adds the variation model's few-pixel finds on
 aligned prints.
 

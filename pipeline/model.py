@@ -16,7 +16,7 @@ TTA views (``hflip``, ``vflip``, ``rot180``) are added to the OK images as train
 product is rarely symmetric, so a flipped OK crop is not like any OK crop; without this, each flipped
 view adds its own false anomaly and TTA averages noise in. With it, each view is compared with OK
 images seen the same way, and the average over views lowers the noise (magnetic_tile, 1 % coreset:
-TTA takes image AUROC from 0.900 to 0.888 without this, and to 0.907 with it; see the README).
+TTA takes image AUROC from 0.900 to 0.888 without this, and to 0.907 with it; docs/benchmarks.md).
 
 **Calibration.** PatchCore (the default method) scores *every* OK image out of fold: the OK set is split
 into ``folds`` (5) interleaved folds, and each fold's images are scored against the bank built, by the

@@ -24,6 +24,7 @@ from pipeline.verdict import ModelInfo, Verdict
 from producer.batch_cli import BATCH_COMMANDS
 from producer.console import err, print_error, progress_bar
 from producer.evaluation import print_metrics
+from producer.local_cluster import local_cluster
 from producer.local_segment import SegmentationRecord, segment_files
 from producer.models_cli import MODEL_COMMANDS
 from producer.ops_cli import OPS_COMMANDS
@@ -448,7 +449,7 @@ def demo(out: Path, sheets: int) -> None:
     click.echo(f"model: {model_dir}   sample sheets: {data / 'sheets'}   ground truth: {data / 'truth'}")
 
 
-for _command in (*BATCH_COMMANDS, *MODEL_COMMANDS, threshold, *OPS_COMMANDS):
+for _command in (*BATCH_COMMANDS, local_cluster, *MODEL_COMMANDS, threshold, *OPS_COMMANDS):
     cli.add_command(_command)
 
 

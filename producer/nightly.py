@@ -17,7 +17,6 @@ and enqueues. The same job from cron, without beat::
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -27,6 +26,7 @@ from pydantic import BaseModel
 
 from producer.enqueue import enqueue_batch
 from worker.app import SCHEDULE_QUEUE, app
+from worker.settings import settings
 
 ENV = "DEFECTSCAN_NIGHTLY"
 
@@ -97,7 +97,8 @@ def beat_argv(schedule_file: str) -> list[str]:
     ]  # fmt: skip
 
 
-if ENV in os.environ:  # the beat process: its schedule comes from `defectscan beat`
+if settings().nightly:  # the beat process: its schedule comes from `defectscan beat`
     app.conf.update(
-        beat_schedule=beat_schedule(Nightly.model_validate(json.loads(os.environ[ENV]))), timezone="UTC"
+        beat_schedule=beat_schedule(Nightly.model_validate(json.loads(settings().nightly or "{}"))),
+        timezone="UTC",
     )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
 from producer.console import err
 from worker.batches import connect
+from worker.settings import settings
 from worker.storage import S3Settings
 
 
@@ -22,7 +22,7 @@ def health() -> None:
     except Exception as exc:
         err.print(f"unhealthy: broker: {type(exc).__name__}", highlight=False)
         sys.exit(1)
-    if os.environ.get("AWS_ENDPOINT_URL"):
+    if settings().aws_endpoint_url:
         try:
             S3Settings.from_env().client().list_buckets()
         except Exception as exc:

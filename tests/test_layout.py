@@ -43,3 +43,19 @@ def test_importing_pipeline_loads_no_shell_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_setting_is_read_in_one_module_and_listed_in_the_readme() -> None:
+    from worker.settings import Settings, env_name
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration") :]
+    for name, field in Settings.model_fields.items():
+        assert f"| `{env_name(name)}` |" in table and str(field.description) in table, name
+    readers = [
+        path.relative_to(ROOT).as_posix()
+        for folder in ("pipeline", "worker", "producer")
+        for path in (ROOT / folder).rglob("*.py")
+        if "os.environ.get(" in path.read_text() or "os.getenv(" in path.read_text()
+    ]
+    assert readers == []  # only worker/settings.py reads the environment (through pydantic-settings)

@@ -49,7 +49,9 @@ def test_local_cluster_runs_the_distributed_path_and_stops_everything(tmp_path: 
     )
     try:
         deadline = time.monotonic() + 120
-        while not (directory / "cluster.env").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        while (
+            not (directory / "cluster.env").is_file() and proc.poll() is None and time.monotonic() < deadline
+        ):
             time.sleep(0.5)
         assert (directory / "cluster.env").is_file(), (tmp_path / "cluster.log").read_text()
         assert (directory / "cluster.env").stat().st_mode & 0o077 == 0  # the S3 secret is the user's only

@@ -28,10 +28,10 @@ which only the ``defectscan beat`` process consumes.
 
 from __future__ import annotations
 
-import os
-
 from celery import Celery
 from kombu import Exchange, Queue
+
+from worker.settings import settings
 
 INFERENCE_QUEUE, RETRAIN_QUEUE, SCHEDULE_QUEUE = "inference", "retrain", "schedule"
 
@@ -40,12 +40,12 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def broker_url() -> str:
-    return os.environ.get("DEFECTSCAN_BROKER_URL", "redis://127.0.0.1:6379/0")
+    return settings().broker_url
 
 
 def bookkeeping_url() -> str:
     """The Redis of the batch bookkeeping: ``DEFECTSCAN_REDIS_URL``, else the broker when it is Redis."""
-    explicit = os.environ.get("DEFECTSCAN_REDIS_URL")
+    explicit = settings().redis_url
     if explicit:
         return explicit
     broker = broker_url()
@@ -55,18 +55,14 @@ def bookkeeping_url() -> str:
 
 
 def _limits() -> tuple[int, int]:
-    soft = int(os.environ.get("DEFECTSCAN_SOFT_TIME_LIMIT", "1500"))
-    hard = int(os.environ.get("DEFECTSCAN_TIME_LIMIT", "1800"))
-    if not 0 < soft < hard:
-        raise ValueError(f"DEFECTSCAN_SOFT_TIME_LIMIT ({soft}) must be below DEFECTSCAN_TIME_LIMIT ({hard})")
-    return soft, hard
+    current = settings()
+    return current.soft_time_limit, current.time_limit
 
 
 def chunk_limits(images: int) -> tuple[int, int]:
     """``(soft, hard)`` time limits in seconds for a chunk of ``images`` images."""
     soft_cap, hard_cap = _limits()
-    base = float(os.environ.get("DEFECTSCAN_CHUNK_BASE_S", "120"))
-    per_image = float(os.environ.get("DEFECTSCAN_IMAGE_S", "60"))
+    base, per_image = settings().chunk_base_s, settings().image_s
     soft = min(int(base + per_image * max(images, 1)), soft_cap)
     return soft, min(soft + 60, hard_cap)
 
@@ -77,7 +73,7 @@ def make_app() -> Celery:
     celery = Celery("defectscan", include=["worker.tasks", "worker.retrain"])
     celery.conf.update(
         broker_url=broker,
-        result_backend=os.environ.get("DEFECTSCAN_RESULT_BACKEND") or _result_backend(broker),
+        result_backend=settings().result_backend or _result_backend(broker),
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],

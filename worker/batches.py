@@ -25,7 +25,6 @@ URL when that is Redis (:func:`worker.app.bookkeeping_url`).
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,6 +35,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from worker.app import bookkeeping_url
+from worker.settings import settings
 
 PREFIX = "defectscan:batch:"
 RUNNING = "defectscan:running-batches"  # batches that hold leases, for the watchdog
@@ -85,7 +85,7 @@ class BatchCounts:
 
 
 def default_wait_s() -> float:
-    return float(os.environ.get("DEFECTSCAN_REDIS_WAIT_S", "600"))
+    return settings().redis_wait_s
 
 
 def connect(url: str | None = None, wait_s: float | None = None) -> Any:

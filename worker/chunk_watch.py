@@ -17,27 +17,27 @@ once it passes its soft time limit. All times are Redis's (``TIME``).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from worker.batches import BatchBook, Lease, connect, running_batches, server_time
+from worker.settings import settings
 
 log = logging.getLogger("defectscan.watch")
 
 
 def heartbeat_s() -> float:
-    return float(os.environ.get("DEFECTSCAN_HEARTBEAT_S", "10"))
+    return settings().heartbeat_s
 
 
 def dead_after_s() -> float:
-    return float(os.environ.get("DEFECTSCAN_DEAD_AFTER_S", "60"))
+    return settings().dead_after_s
 
 
 def sweep_s() -> float:
-    return float(os.environ.get("DEFECTSCAN_SWEEP_S", "15"))
+    return settings().sweep_s
 
 
 def is_dead(lease: Lease, now: float) -> bool:

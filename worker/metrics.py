@@ -19,7 +19,6 @@ Flower (``celery flower``, in the compose file) adds Celery's own task counts an
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import Any
@@ -31,6 +30,7 @@ from prometheus_client.registry import Collector
 from pipeline.verdict import Verdict
 from worker.app import REDIS_SCHEMES, broker_url
 from worker.batches import connect
+from worker.settings import settings
 
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 CHUNK_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -73,11 +73,11 @@ class QueueDepth(Collector):
 @lru_cache(maxsize=1)
 def serve(queues: tuple[str, ...] = ("inference", "retrain")) -> int | None:
     """Start the metrics server once per process if ``DEFECTSCAN_METRICS_PORT`` is set; its port."""
-    port = os.environ.get("DEFECTSCAN_METRICS_PORT")
+    port = settings().metrics_port
     if not port:
         return None
     registry: CollectorRegistry | None = None
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if settings().prometheus_multiproc_dir:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pipeline.model import AnomalyModel
 
 from worker.registry import Registry, registry_location
+from worker.settings import settings
 from worker.storage import LocalStorage, Storage, is_remote, open_storage
 
 MODEL_FILES = ("model.json", "model.safetensors", "reference.png", "regions.png")
@@ -86,7 +87,7 @@ class ModelCache:
 
     def __init__(self, maxsize: int = 2, cache_dir: str | os.PathLike[str] | None = None) -> None:
         self.maxsize = maxsize
-        default = Path(os.environ.get("DEFECTSCAN_CACHE", Path.home() / ".cache" / "defectscan")) / "models"
+        default = settings().cache / "models"
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default
         self._models: OrderedDict[tuple[str, str], AnomalyModel] = OrderedDict()
         self.loads = 0

@@ -16,13 +16,13 @@ enqueued, so a promotion never changes a running batch.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import ModelNotFoundError
 from pipeline.model_card import model_card
 from pipeline.model_doc import doc_bytes
+from worker.settings import settings
 from worker.storage import Storage, join_key, open_storage
 
 REGISTRY_ENV = "DEFECTSCAN_REGISTRY"
@@ -40,7 +40,7 @@ class VersionInfo:
 
 
 def registry_location(explicit: str | None = None) -> str:
-    location = explicit or os.environ.get(REGISTRY_ENV)
+    location = explicit or settings().registry
     if not location:
         raise ModelNotFoundError("registry", f"no registry: give --registry or set {REGISTRY_ENV}")
     return location.rstrip("/")

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from pipeline.errors import DefectscanError, KeyTooLongError, UnreadableError, WriteFailedError
+from worker.settings import settings
 
 
 class BadKeyError(DefectscanError):
@@ -197,7 +198,7 @@ class S3Settings:
 
     @classmethod
     def from_env(cls) -> S3Settings:
-        return cls(addressing_style=os.environ.get("DEFECTSCAN_S3_ADDRESSING") or None)
+        return cls(addressing_style=settings().s3_addressing or None)
 
     def client(self) -> Any:
         import boto3

@@ -23,7 +23,6 @@ Redis (:mod:`worker.batches`) as it is written; the image that completes the bat
 from __future__ import annotations
 
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -53,6 +52,7 @@ from worker.chunks import (
 )
 from worker.item_keys import item_key
 from worker.results import Summary
+from worker.settings import settings
 from worker.storage import Storage, StorageUnavailableError, open_storage
 
 log = logging.getLogger("defectscan.worker")
@@ -68,7 +68,7 @@ def configure_threads() -> int:
     several worker processes on one node do not oversubscribe its cores."""
     import torch
 
-    wanted = int(os.environ.get("DEFECTSCAN_TORCH_THREADS", "0"))
+    wanted = settings().torch_threads
     if wanted > 0:
         torch.set_num_threads(wanted)
     return int(torch.get_num_threads())

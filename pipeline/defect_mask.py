@@ -10,13 +10,18 @@ colours every type with :data:`TYPE_COLOURS` on a black background (the colours 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-if TYPE_CHECKING:  # verdict.py imports the Lookout fields, which import this module
-    from pipeline.verdict import Defect
+
+class Typed(Protocol):
+    """Anything with a defect type (a verdict's ``Defect``; this module imports no verdict)."""
+
+    @property
+    def type(self) -> str: ...
+
 
 TYPES = ("other", "color_scratch", "structural", "blurry_text")
 BACKGROUND_COLOUR = (0, 0, 0)
@@ -28,9 +33,7 @@ TYPE_COLOURS = {  # RGB
 }
 
 
-def type_mask(
-    shape: tuple[int, int], graded: Iterable[tuple[Defect, NDArray[np.bool_]]]
-) -> NDArray[np.uint8]:
+def type_mask(shape: tuple[int, int], graded: Iterable[tuple[Typed, NDArray[np.bool_]]]) -> NDArray[np.uint8]:
     """A ``shape`` label mask with every graded region set to its type's label."""
     labels = np.zeros(shape, np.uint8)
     for defect, mask in graded:

@@ -18,6 +18,7 @@ import click
 import redis
 from kombu.utils.url import maybe_sanitize_url
 
+from pipeline.outputs import OutputOptions
 from producer.console import err, progress_bar
 from producer.enqueue import enqueue_batch, storage_counts
 from producer.nightly import ENV as NIGHTLY_ENV
@@ -28,7 +29,6 @@ from worker.batch_spec import absolute_location
 from worker.batches import BatchBook, BatchCounts, connect
 from worker.chunk_watch import is_dead, is_overdue
 from worker.dev_s3 import DevS3
-from worker.results import OutputOptions
 from worker.retrain import RetrainBook
 from worker.storage import open_storage
 

@@ -19,6 +19,7 @@ from pipeline.errors import DefectscanError, InvalidArgumentError
 from pipeline.images import decode_image, encode_png
 from pipeline.model_config import LITE2, METHODS, ModelConfig
 from pipeline.model_doc import Calibration
+from pipeline.outputs import OutputOptions
 from pipeline.segment import Segmenter
 from pipeline.verdict import ModelInfo, Verdict
 from producer.batch_cli import BATCH_COMMANDS
@@ -32,7 +33,6 @@ from producer.options import search_options, segment_options
 from producer.synth_files import write_synthetic_set
 from producer.threshold_cli import threshold
 from worker.datasets import ImageSet, expand_inputs, mvtec_test_items, read_folder, read_pairs
-from worker.results import OutputOptions
 from worker.storage import LocalStorage, read_local
 
 if TYPE_CHECKING:  # the commands import torch-backed modules where they run: --help stays fast

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from pipeline.errors import InvalidArgumentError
 from pipeline.images import DEFAULT_MAX_PIXELS
+from pipeline.outputs import OutputOptions
 from pipeline.segment import SegmentOptions
 from pipeline.verdict import Verdict
 from worker.app import app, send_chunk
@@ -36,7 +37,6 @@ from worker.batches import BatchBook, BatchCounts
 from worker.datasets import IMAGE_SUFFIXES
 from worker.item_keys import item_key
 from worker.model_cache import resolve_model
-from worker.results import OutputOptions
 from worker.storage import Storage, open_storage, read_location
 
 

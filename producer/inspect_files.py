@@ -15,8 +15,9 @@ from pathlib import Path
 
 from pipeline.errors import DefectscanError
 from pipeline.inspection import Inspection
+from pipeline.outputs import OutputOptions
 from pipeline.verdict import ModelInfo, Verdict, error_verdict
-from worker.results import OutputOptions, Summary, write_inspection
+from worker.results import Summary, write_inspection
 from worker.storage import Storage, read_local
 
 log = logging.getLogger("defectscan.inspect")

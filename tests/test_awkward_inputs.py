@@ -14,6 +14,7 @@ from pipeline.images import encode_png
 from pipeline.inspection import Inspection
 from pipeline.model import AnomalyModel, ModelConfig
 from pipeline.names import printable
+from pipeline.outputs import OutputOptions
 from pipeline.segment import Segmenter, SegmentOptions, parse_range
 from pipeline.synth import reference_template
 from pipeline.verdict import ModelInfo, Verdict, error_verdict
@@ -21,7 +22,7 @@ from producer.cli import cli
 from producer.synth_files import aligned_ok_crops
 from tests.awkward import SPEC, VALID, corpus
 from worker.item_keys import hashed_key, is_natural, item_key
-from worker.results import OutputOptions, write_inspection
+from worker.results import write_inspection
 from worker.storage import LocalStorage
 
 

@@ -15,8 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.images import DEFAULT_MAX_PIXELS
+from pipeline.outputs import OutputOptions
 from pipeline.segment import SegmentOptions
-from worker.results import OutputOptions
 from worker.storage import Storage, is_remote
 
 BATCH_SCHEMA = "defectscan.batch/1"

@@ -1,15 +1,11 @@
-"""What is written for one inspected image, and the batch summary: shared by the local ``inspect`` and
-the Celery workers, so their outputs are the same files with the same bytes.
+"""Writing one inspected image's files, and the batch summary: shared by the local ``inspect`` and the
+Celery workers, so their outputs are the same files with the same bytes.
 
-Under an items root, for an input with relative key ``K`` and item key ``I`` (``K`` itself unless its
-name cannot carry the suffixes below, :mod:`worker.item_keys`): ``I.json`` is the verdict;
-``I.heatmap.png`` the overlay, ``I.<k>.heatmap.png`` each segmented instance's crop with its own map;
-``I.mask.png`` the defects coloured by type (:mod:`pipeline.defect_mask`); with ``save_maps``,
-``I.map.npy`` the image-level anomaly map (float32, the same values as the scores). A write the store
-refuses makes the input's verdict an ``error`` under its hashed key; the run goes on. With
-``lookout_compat`` the verdict also carries Amazon Lookout for Vision's ``DetectAnomalyResult``
-(:mod:`pipeline.lookout`). Pictures are written
-before the verdict, each object whole, so a verdict that exists describes pictures that exist.
+An input with relative key ``K`` is stored under its item key ``I`` (``K`` itself unless its name cannot
+carry the suffixes of its pictures, :mod:`worker.item_keys`); :func:`pipeline.outputs.finish` makes
+the complete verdict and every file, and this module only puts them, each object whole, the verdict
+last. A write the store refuses makes the input's verdict an ``error`` under its hashed key; the run
+goes on.
 
 A verdict's content depends only on the image and the model version, except ``timings_ms``, which
 records how long this run took.
@@ -17,17 +13,13 @@ records how long this run took.
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from typing import TYPE_CHECKING
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.defect_mask import colour_mask
 from pipeline.errors import DefectscanError, KeyTooLongError, WriteFailedError, error_code
-from pipeline.images import encode_png
-from pipeline.lookout import detect_anomaly_result
+from pipeline.outputs import OutputOptions, finish
 from pipeline.verdict import Text, Verdict, error_verdict
 from worker.item_keys import hashed_key, item_key
 from worker.storage import Storage, StorageUnavailableError
@@ -36,13 +28,6 @@ if TYPE_CHECKING:  # the inspection imports the models (torch); writing results 
     from pipeline.inspection import Inspection
 
 SUMMARY_SCHEMA = "defectscan.summary/1"
-
-
-class OutputOptions(BaseModel):
-    """What is written for each image beyond its verdict, heatmaps and mask."""
-
-    save_maps: bool = False
-    lookout_compat: bool = False
 
 
 def write_inspection(out: Storage, key: str, result: Inspection, options: OutputOptions) -> Verdict:
@@ -54,11 +39,10 @@ def write_inspection(out: Storage, key: str, result: Inspection, options: Output
     under its hashed key instead, and that is returned; only an unavailable store
     (:class:`StorageUnavailableError`, worth retrying) and a failure of that last write are raised."""
     item = item_key(key)
-    verdict = result.verdict
-    if item != key:
-        verdict.image.stored_as = item
+    finished = finish(key, item, result, options)
+    verdict = finished.verdict
     try:
-        for name, data, content_type in _payloads(item, result, options):
+        for name, data, content_type in finished.files:
             out.put(name, data, content_type)
     except StorageUnavailableError:
         raise
@@ -79,35 +63,6 @@ def _write_error(item: str, exc: Exception) -> Exception:
     if isinstance(exc, OSError):
         return WriteFailedError(item, exc.strerror or str(exc))
     return exc
-
-
-def _payloads(item: str, result: Inspection, options: OutputOptions) -> list[tuple[str, bytes, str]]:
-    """``(key, bytes, content type)`` of every file of one input, in write order: pictures, verdict."""
-    files = []
-    outputs = {}
-    verdict = result.verdict
-    if result.heatmap is not None:
-        outputs["heatmap"] = f"{item}.heatmap.png"
-        files.append((outputs["heatmap"], encode_png(result.heatmap), "image/png"))
-    if result.type_mask is not None:
-        mask_png = encode_png(colour_mask(result.type_mask))
-        outputs["mask"] = f"{item}.mask.png"
-        files.append((outputs["mask"], mask_png, "image/png"))
-        if options.lookout_compat:
-            probability = max((i.confidence for i in verdict.instances), default=0.0)
-            anomalous = verdict.verdict == "defect"
-            verdict.lookout = detect_anomaly_result(anomalous, probability, result.type_mask, mask_png)
-    if options.save_maps and result.anomaly_map is not None:
-        buffer = io.BytesIO()
-        np.save(buffer, result.anomaly_map.astype(np.float32), allow_pickle=False)
-        outputs["map"] = f"{item}.map.npy"
-        files.append((outputs["map"], buffer.getvalue(), "application/octet-stream"))
-    for instance, picture in zip(verdict.instances, result.crop_heatmaps, strict=False):
-        instance.heatmap = f"{item}.{instance.index}.heatmap.png"
-        files.append((instance.heatmap, encode_png(picture), "image/png"))
-    verdict.outputs = outputs
-    files.append((f"{item}.json", verdict.to_json(), "application/json"))
-    return files
 
 
 class Failure(BaseModel):

@@ -1,0 +1,73 @@
+"""One inspected image, finished: its verdict complete (the names of its pictures, the Lookout fields)
+and every file's bytes, in write order. Nothing here writes: :func:`worker.results.write_inspection`
+puts the files, so the local ``inspect`` and the workers write the same files with the same bytes.
+
+For an item key ``I`` (the input's key, unless its name cannot carry these suffixes): ``I.heatmap.png``
+the overlay, ``I.<k>.heatmap.png`` each segmented instance's crop with its own map, ``I.mask.png`` the
+defects coloured by type (:mod:`pipeline.defect_mask`), with ``save_maps`` ``I.map.npy`` (the
+image-level anomaly map, float32, the same values as the scores), and ``I.json`` the verdict, last, so
+a verdict that exists describes pictures that exist. With ``lookout_compat`` the verdict also carries
+Amazon Lookout for Vision's ``DetectAnomalyResult`` (:mod:`pipeline.lookout`).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from pydantic import BaseModel
+
+from pipeline.defect_mask import colour_mask
+from pipeline.images import encode_png
+from pipeline.lookout import detect_anomaly_result
+from pipeline.verdict import Verdict
+
+if TYPE_CHECKING:  # the inspection imports the models (torch); finishing one does not need them
+    from pipeline.inspection import Inspection
+
+
+class OutputOptions(BaseModel):
+    """What is written for each image beyond its verdict, heatmaps and mask."""
+
+    save_maps: bool = False
+    lookout_compat: bool = False
+
+
+@dataclass
+class Finished:
+    verdict: Verdict
+    files: list[tuple[str, bytes, str]] = field(default_factory=list)  # (key, bytes, content type)
+
+
+def finish(key: str, item: str, result: Inspection, options: OutputOptions) -> Finished:
+    """The complete verdict of input ``key`` stored under ``item``, and its files (the inspection's own
+    verdict is left as it was)."""
+    verdict = result.verdict.model_copy(deep=True)
+    if item != key:
+        verdict.image.stored_as = item
+    files = []
+    outputs = {}
+    if result.heatmap is not None:
+        outputs["heatmap"] = f"{item}.heatmap.png"
+        files.append((outputs["heatmap"], encode_png(result.heatmap), "image/png"))
+    if result.type_mask is not None:
+        mask_png = encode_png(colour_mask(result.type_mask))
+        outputs["mask"] = f"{item}.mask.png"
+        files.append((outputs["mask"], mask_png, "image/png"))
+        if options.lookout_compat:
+            probability = max((i.confidence for i in verdict.instances), default=0.0)
+            anomalous = verdict.verdict == "defect"
+            verdict.lookout = detect_anomaly_result(anomalous, probability, result.type_mask, mask_png)
+    if options.save_maps and result.anomaly_map is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, result.anomaly_map.astype(np.float32), allow_pickle=False)
+        outputs["map"] = f"{item}.map.npy"
+        files.append((outputs["map"], buffer.getvalue(), "application/octet-stream"))
+    for instance, picture in zip(verdict.instances, result.crop_heatmaps, strict=False):
+        instance.heatmap = f"{item}.{instance.index}.heatmap.png"
+        files.append((instance.heatmap, encode_png(picture), "image/png"))
+    verdict.outputs = outputs
+    files.append((f"{item}.json", verdict.to_json(), "application/json"))
+    return Finished(verdict, files)

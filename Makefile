@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO := demo-output
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test lint clean services
+.PHONY: install demo test check lint clean services
 
 install: $(STAMP)
 
@@ -33,10 +33,14 @@ services:
 	@test -x /usr/lib/rabbitmq/bin/rabbitmq-server || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && { DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null 2>&1 \
 	  || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null 2>&1; }; } \
-	  || echo "RabbitMQ could not be installed: tests/test_rabbitmq.py is skipped"; }
+	  || echo "RabbitMQ could not be installed: tests/integration/test_rabbitmq.py is skipped"; }
 
 test: lint services
 	$(BIN)/python -m pytest
+
+# The edit-test loop: lint and the unit tests (no services, no training beyond a few crops).
+check: lint
+	$(BIN)/python -m pytest tests/unit
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
     "pipeline": {"worker", "producer", "celery", "redis", "kombu", "boto3", "botocore", "pytorch_lightning"},
     "worker": {"producer", "pytorch_lightning"},

@@ -19,7 +19,7 @@ from pipeline.synth import Sheet
 from pipeline.verdict import Verdict, json_schema
 from producer.cli import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import yaml
 
 from worker.app import chunk_limits
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 K8S = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
 

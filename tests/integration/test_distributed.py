@@ -31,7 +31,7 @@ from worker.storage import LocalStorage, S3Storage
 SPEC = SheetSpec(width=1000, height=420, rows=1, cols=2)
 METRICS_PORTS: list[int] = []  # each worker's Prometheus port
 SHEETS = 40
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

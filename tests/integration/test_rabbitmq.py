@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.segment import SegmentOptions, parse_range
 from producer.enqueue import enqueue_batch
-from tests.test_faults import (
+from tests.integration.test_faults import (
     Cluster,
     _check_batch,
     _mid_chunk,

@@ -24,8 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
 from pipeline import fusion  # noqa: E402
-from pipeline.backbone import DEFAULT_LAYERS, LITE2, load_weights  # noqa: E402
+from pipeline.backbone import load_weights  # noqa: E402
 from pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
+from pipeline.model_config import DEFAULT_LAYERS, LITE2  # noqa: E402
 from worker.datasets import (  # noqa: E402
     expand_inputs,
     mvtec_test_items,

@@ -15,7 +15,8 @@ model speaks only well beyond anything it said about an OK crop: where it is sur
 product is not aligned enough for it. Twice, because a few dozen held-out crops do not show the tail of
 all OK crops: with the margin at the held-out maximum itself, unaligned OK tiles beyond it cost 0.0013
 image AUROC on magnetic_tile; at twice it, the fusion equals PatchCore there (below), while the
-few-pixel defects on aligned prints of ``tests/unit/test_variation.py`` still score above every OK crop.
+few-pixel defects on aligned prints of ``tests/integration/test_variation.py`` still score above every
+OK crop.
 ``mean`` (the mean of the ``z`` maps) and ``max`` are kept for comparison.
 Measured on magnetic_tile (unaligned tiles, where the variation model alone reaches only 0.70 image
 AUROC), with TTA: ``lead`` 0.9073 / 0.7935, ``mean`` 0.902 / 0.791, ``max`` 0.883 / 0.772 (image / pixel

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pipeline import bank_search, networks
-from pipeline.backbone import DEFAULT_LAYERS, LITE2
 from pipeline.bank_search import BankIndex
+from pipeline.model_config import DEFAULT_LAYERS, LITE2
 
 
 def _clustered(count: int, centres: torch.Tensor, spread: float, gen: torch.Generator) -> torch.Tensor:

@@ -16,9 +16,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from pipeline.backbone import DEFAULT_LAYERS, LITE2, BackboneError, lite2_weights_path, timm_state_dict
+from pipeline.backbone import BackboneError, lite2_weights_path, timm_state_dict
 from pipeline.evaluate import auroc
 from pipeline.model import AnomalyModel, ModelConfig, ModelFormatError, ModelNotFoundError, calibrate
+from pipeline.model_config import DEFAULT_LAYERS, LITE2, STFPM_LAYERS
 from pipeline.synth import render_instance
 
 SMALL = ModelConfig(image_size=96, batch_size=8, coreset_ratio=0.1)  # tiny crops: keep a usable bank
@@ -316,13 +317,13 @@ def test_stfpm_student_learns_the_teacher_and_flags_defects(
 def test_stfpm_sample_weight_scales_its_loss(good: list[np.ndarray]) -> None:
     from pipeline import networks
 
-    net = networks.build("stfpm", LITE2, networks.STFPM_LAYERS)
+    net = networks.build("stfpm", LITE2, STFPM_LAYERS)
     model = AnomalyModel(ModelConfig(method="stfpm", image_size=64), net, calibrate([1.0, 1.1]), {})
     images = model._normalise(model._preprocess(good[:2]))
 
     def one_step_loss(weight: float) -> float:
         torch.manual_seed(0)
-        fresh = networks.build("stfpm", LITE2, networks.STFPM_LAYERS)
+        fresh = networks.build("stfpm", LITE2, STFPM_LAYERS)
         fresh.load_state_dict(net.state_dict())
         stats = networks.fit_stfpm(
             fresh, lambda: iter([(images, torch.tensor([weight, weight]))]), epochs=1, lr=0.0

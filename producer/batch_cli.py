@@ -29,6 +29,7 @@ from worker.batch_spec import absolute_location
 from worker.batches import BatchBook, BatchCounts, connect
 from worker.chunk_watch import is_dead, is_overdue
 from worker.dev_s3 import DevS3
+from worker.processes import until_interrupted
 from worker.retrain import RetrainBook
 from worker.storage import open_storage
 
@@ -337,17 +338,8 @@ def dev_s3(data_dir: Path, port: int | None, buckets: tuple[str, ...]) -> None:
         f"S3 at {creds.endpoint_url} (pid {store.pid}); credentials: source {data_dir / 's3.env'}",
         highlight=False,
     )
-    stop = False
-
-    def on_signal(signum: int, _: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
-        while not stop and store.process is not None and store.process.poll() is None:
-            time.sleep(0.5)
+        until_interrupted([store.process])
     finally:
         store.stop()
 

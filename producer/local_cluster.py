@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import click
@@ -24,7 +22,7 @@ from producer.console import err
 from worker.app import INFERENCE_QUEUE, RETRAIN_QUEUE
 from worker.dev_redis import DevRedis
 from worker.dev_s3 import DevS3
-from worker.processes import stop_group
+from worker.processes import stop_group, until_interrupted
 
 ENV_FILE = "cluster.env"
 
@@ -40,14 +38,6 @@ def local_cluster(directory: Path, bucket: str, concurrency: int) -> None:
     broker = DevRedis(directory / "broker")
     store = DevS3(directory / "s3")
     worker: subprocess.Popen[bytes] | None = None
-    stop = False
-
-    def on_signal(signum: int, _: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         env = {"DEFECTSCAN_BROKER_URL": broker.start()}
         env |= store.start(buckets=(bucket,)).env()
@@ -70,10 +60,7 @@ def local_cluster(directory: Path, bucket: str, concurrency: int) -> None:
             f"source {env_file}; Ctrl-C stops them all",
             highlight=False,
         )
-        processes = [worker, broker.process, store.process]
-        while not stop and all(p is not None and p.poll() is None for p in processes):
-            time.sleep(0.5)
-        if not stop:
+        if not until_interrupted([worker, broker.process, store.process]):
             err.print("a process of the cluster stopped; stopping the others", highlight=False)
     finally:
         if worker is not None:

@@ -106,7 +106,7 @@ def test_enqueue_again_leaves_images_held_by_a_running_chunk(book: BatchBook, tm
         (tmp_path / "in" / name).write_bytes(encode_png(reference_template()))
     model = tmp_path / "model"
     model.mkdir()
-    (model / "model.json").write_text(json.dumps({"version": "v1"}))
+    (model / "model.json").write_text(json.dumps({"schema": "defectscan.model/1", "version": "v1"}))
     args = (str(tmp_path / "in"), str(model), str(tmp_path / "out"), book.batch_id)
     first = enqueue_batch(*args, chunk=3, queue=queue, book_factory=lambda _: book)
     assert (first.sent_images, first.held_images) == (3, 0)

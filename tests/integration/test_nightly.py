@@ -38,7 +38,7 @@ def test_the_nightly_task_enqueues_yesterdays_prefix_once(
         (tmp_path / "in" / day / "a.png").write_bytes(encode_png(reference_template()))
     model = tmp_path / "model"
     model.mkdir()
-    (model / "model.json").write_text(json.dumps({"version": "v1"}))
+    (model / "model.json").write_text(json.dumps({"schema": "defectscan.model/1", "version": "v1"}))
     job = Nightly(
         inputs=str(tmp_path / "in"), model=str(model), out=str(tmp_path / "out"), queue=queue
     ).model_dump()

@@ -120,6 +120,7 @@ class AnomalyModel:
         augment: Sequence[str] = (),
         val_defects: Sequence[NDArray[np.uint8]] = (),
         names: Sequence[str] = (),
+        groups: Sequence[str] = (),
     ) -> AnomalyModel:
         """Train on OK crops (RGB uint8, any sizes), calibrate, and return the model.
 
@@ -127,7 +128,9 @@ class AnomalyModel:
 
             model = AnomalyModel.fit(ok_crops, ModelConfig(method="patchcore"))
             scores = [r.score for r in model.score(test_crops)]
-        """
+
+        ``groups`` names each OK image's source photograph (crops of one photograph then share a fold:
+        :func:`fold_sets`); ``names`` are recorded in ``model.json``."""
         config = config or ModelConfig()
         if len(ok) < 2:
             raise InvalidArgumentError("--ok", f"needs at least 2 OK images, got {len(ok)}")
@@ -138,7 +141,7 @@ class AnomalyModel:
             raise InvalidArgumentError("--augment", f"unknown {unknown}; known: {', '.join(AUGMENTS)}")
         torch.manual_seed(config.seed)
         held = set() if config.out_of_fold else _holdout_indices(len(ok), config.holdout)
-        folds = fold_sets(len(ok), config.folds) if config.out_of_fold else []
+        folds = fold_sets(len(ok), config.folds, groups) if config.out_of_fold else []
         fitted: networks.PatchcoreFit | None = None
         train = [img for i, img in enumerate(ok) if i not in held]
         kinds = list(dict.fromkeys(augment))
@@ -552,9 +555,16 @@ def _fit_member(net: nn.Module, batches: networks.Batches, config: ModelConfig) 
     raise InvalidArgumentError("--method", f"{config.method!r} has no training routine")
 
 
-def fold_sets(n: int, folds: int) -> list[set[int]]:
-    """``folds`` interleaved folds of ``n`` images (every ``folds``-th image; fewer folds for fewer
-    images), deterministic and spread over the set as it was ordered."""
+def fold_sets(n: int, folds: int, groups: Sequence[str] = ()) -> list[set[int]]:
+    """``folds`` folds of ``n`` images, deterministic. With ``groups`` (each image's source, e.g. the
+    photograph its crop was cut from), a group's images share one fold, groups dealt in turn: crops of
+    one photograph share its light, focus and noise, so a fold that kept some of them would score the
+    others too kindly. Without, or with fewer groups than folds, interleaved: every ``folds``-th image
+    (fewer folds for fewer images)."""
+    names = list(dict.fromkeys(groups)) if len(groups) == n else []
+    if len(names) >= min(folds, n) > 1:
+        fold_of = {name: i % folds for i, name in enumerate(names)}
+        return [{i for i, g in enumerate(groups) if fold_of[g] == f} for f in range(folds)]
     k = min(folds, n)
     return [set(range(start, n, k)) for start in range(k)]
 

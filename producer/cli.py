@@ -26,7 +26,7 @@ from producer.batch_cli import BATCH_COMMANDS
 from producer.console import err, print_error, progress_bar
 from producer.evaluation import print_metrics
 from producer.local_cluster import local_cluster
-from producer.local_segment import SegmentationRecord, segment_files
+from producer.local_segment import SegmentationRecord, crop_sources, segment_files
 from producer.models_cli import MODEL_COMMANDS
 from producer.ops_cli import OPS_COMMANDS
 from producer.options import search_options, segment_options
@@ -221,6 +221,7 @@ def train(
         folds=folds,
     )
     ok = _read_set(ok_dir, "OK")
+    sources = crop_sources(ok_dir)  # crops `segment` cut: one fold per photograph
     aux = _read_set(aux_dir, "auxiliary") if aux_dir else ImageSet()
     defects = _read_set(val_defects, "defect") if val_defects else ImageSet()
     start = time.perf_counter()
@@ -232,6 +233,7 @@ def train(
         augment=[a for a in augment.split(",") if a],
         val_defects=defects.images,
         names=ok.names,
+        groups=[sources.get(name, name) for name in ok.names] if sources else (),
     )
     fit_s = round(time.perf_counter() - start, 2)
     model.meta["timings_s"] = {"fit": fit_s}

@@ -130,3 +130,22 @@ def _detection_record(index: int, det: Detection, crop: str | None, partial: boo
         crop=crop,
         partial=partial,
     )
+
+
+def crop_sources(folder: Path) -> dict[str, str]:
+    """For a folder ``segment`` wrote: each crop's path relative to ``folder`` -> the image it was cut
+    from (crops of one photograph calibrate together: :func:`pipeline.model.fold_sets`). Files that are
+    not segmentation records are ignored."""
+    sources: dict[str, str] = {}
+    for path in sorted(folder.rglob("*.json")):
+        try:
+            record = SegmentationRecord.model_validate_json(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if record.schema_ != SCHEMA:
+            continue
+        base = path.parent.relative_to(folder)
+        for det in record.detections:
+            if det.crop is not None:
+                sources[(base / det.crop).as_posix()] = record.image
+    return sources

@@ -214,18 +214,22 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
         raise TrainingDataError(req.ok, f"no usable OK images ({detail})")
     aux = read_images(req.aux)[0] if req.aux else []
     crops: list[Any] = images
+    groups: list[str] = []  # with a template: each crop's photograph (one calibration fold each)
     if req.template:
         segmenter = Segmenter(decode_image(read_location(req.template), req.template))
         book.update(stage="segmenting")
-        crops = [
-            c for image, key in zip(images, names, strict=True) for c in segmenter.whole_crops(image, key)
+        cut = [
+            (key, c)
+            for image, key in zip(images, names, strict=True)
+            for c in segmenter.whole_crops(image, key)
         ]
+        crops, groups = [c for _, c in cut], [key for key, _ in cut]
         if not crops:
             raise TrainingDataError(req.ok, "the template was found in none of the OK images")
     book.update(stage="training")
     start = time.perf_counter()
     config = ModelConfig(method=req.method, image_size=req.image_size)
-    model = AnomalyModel.fit(crops, config, aux=aux, aux_weight=req.aux_weight, names=names)
+    model = AnomalyModel.fit(crops, config, aux=aux, aux_weight=req.aux_weight, names=names, groups=groups)
     registry = Registry(req.registry)
     latest = registry.latest(req.product)
     metrics: dict[str, Any] = {

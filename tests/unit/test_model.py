@@ -18,7 +18,14 @@ from safetensors.torch import save_file
 
 from pipeline.backbone import BackboneError, lite2_weights_path, timm_state_dict
 from pipeline.evaluate import auroc
-from pipeline.model import AnomalyModel, ModelConfig, ModelFormatError, ModelNotFoundError, calibrate
+from pipeline.model import (
+    AnomalyModel,
+    ModelConfig,
+    ModelFormatError,
+    ModelNotFoundError,
+    calibrate,
+    fold_sets,
+)
 from pipeline.model_config import DEFAULT_LAYERS, LITE2, STFPM_LAYERS
 from pipeline.synth import render_instance
 
@@ -349,3 +356,13 @@ def test_out_of_fold_scores_reuse_training_patches_exactly(
     slow = AnomalyModel.fit(good, SMALL)
     assert np.allclose(fast.calibration_scores, slow.calibration_scores, rtol=0.01)
     assert fast.calibration.threshold == pytest.approx(slow.calibration.threshold, rel=0.01)
+
+
+def test_fold_sets_keep_the_crops_of_one_photograph_together() -> None:
+    groups = [f"sheet{i // 8}.png" for i in range(48)]  # 6 photographs, 8 crops each
+    folds = fold_sets(48, 5, groups)
+    assert sorted(i for fold in folds for i in fold) == list(range(48)) and len(folds) == 5
+    owners = [{groups[i] for i in fold} for fold in folds]
+    assert all(a.isdisjoint(b) for k, a in enumerate(owners) for b in owners[k + 1 :])
+    assert fold_sets(10, 5, ["a"] * 5 + ["b"] * 5) == fold_sets(10, 5)  # fewer photographs than folds
+    assert fold_sets(10, 5) == [{0, 5}, {1, 6}, {2, 7}, {3, 8}, {4, 9}]

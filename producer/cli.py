@@ -433,10 +433,7 @@ def demo(out: Path, sheets: int) -> None:
         [str(good / "sheets"), "--template", template, "--out", str(out / "crops"), *scales],
         standalone_mode=False,
     )
-    # 64 instances a run: at the default 1 % a good one would be sent to re-check every other run
-    train.main(
-        ["--ok", str(out / "crops"), "--target-frr", "0.002", "--out", str(model_dir)], standalone_mode=False
-    )
+    train.main(["--ok", str(out / "crops"), "--out", str(model_dir)], standalone_mode=False)
     synth.main(
         [str(data), "--sheets", str(sheets), "--defect-rate", "0.25", "--seed", "7"], standalone_mode=False
     )

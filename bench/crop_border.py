@@ -29,9 +29,9 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
-from pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
-from pipeline.segment import Segmenter, SegmentOptions, parse_range  # noqa: E402
-from pipeline.synth import generate_sheet, reference_template  # noqa: E402
+from defectscan.pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
+from defectscan.pipeline.segment import Segmenter, SegmentOptions, parse_range  # noqa: E402
+from defectscan.pipeline.synth import generate_sheet, reference_template  # noqa: E402
 
 
 def main() -> None:

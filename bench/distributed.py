@@ -33,20 +33,20 @@ warnings.filterwarnings("ignore")
 
 import redis  # noqa: E402
 
-from pipeline.images import encode_png  # noqa: E402
-from pipeline.inspection import Inspection, inspect_image  # noqa: E402
-from pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
-from pipeline.segment import Segmenter, SegmentOptions, parse_range  # noqa: E402
-from pipeline.synth import SheetSpec, reference_template  # noqa: E402
-from pipeline.verdict import ModelInfo  # noqa: E402
-from producer.batch_cli import worker_argv  # noqa: E402
-from producer.enqueue import enqueue_batch  # noqa: E402
-from producer.inspect_files import run_inspection  # noqa: E402
-from producer.synth_files import aligned_ok_crops, publish_model, write_sheet_images  # noqa: E402
-from worker.app import app  # noqa: E402
-from worker.batches import PREFIX, BatchBook  # noqa: E402
-from worker.dev_s3 import DevS3  # noqa: E402
-from worker.storage import LocalStorage, S3Storage  # noqa: E402
+from defectscan.pipeline.images import encode_png  # noqa: E402
+from defectscan.pipeline.inspection import Inspection, inspect_image  # noqa: E402
+from defectscan.pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
+from defectscan.pipeline.segment import Segmenter, SegmentOptions, parse_range  # noqa: E402
+from defectscan.pipeline.synth import SheetSpec, reference_template  # noqa: E402
+from defectscan.pipeline.verdict import ModelInfo  # noqa: E402
+from defectscan.producer.batch_cli import worker_argv  # noqa: E402
+from defectscan.producer.enqueue import enqueue_batch  # noqa: E402
+from defectscan.producer.inspect_files import run_inspection  # noqa: E402
+from defectscan.producer.synth_files import aligned_ok_crops, publish_model, write_sheet_images  # noqa: E402
+from defectscan.worker.app import app  # noqa: E402
+from defectscan.worker.batches import PREFIX, BatchBook  # noqa: E402
+from defectscan.worker.dev_s3 import DevS3  # noqa: E402
+from defectscan.worker.storage import LocalStorage, S3Storage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = "redis://127.0.0.1:6379/12"

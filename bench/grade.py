@@ -25,9 +25,9 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from pipeline.grade import grade  # noqa: E402
-from pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
-from pipeline.synth import DEFECT_TYPES, instance_crops  # noqa: E402
+from defectscan.pipeline.grade import grade  # noqa: E402
+from defectscan.pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
+from defectscan.pipeline.synth import DEFECT_TYPES, instance_crops  # noqa: E402
 
 EXPECTED = {
     "blurry_text": "blurry_text",

@@ -27,11 +27,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
-from pipeline.images import decode_image  # noqa: E402
-from pipeline.inspection import inspect_pair  # noqa: E402
-from pipeline.pairs import PairComparer  # noqa: E402
-from worker.datasets import read_pairs  # noqa: E402
-from worker.storage import read_local  # noqa: E402
+from defectscan.pipeline.images import decode_image  # noqa: E402
+from defectscan.pipeline.inspection import inspect_pair  # noqa: E402
+from defectscan.pipeline.pairs import PairComparer  # noqa: E402
+from defectscan.worker.datasets import read_pairs  # noqa: E402
+from defectscan.worker.storage import read_local  # noqa: E402
 
 DEEPPCB_TYPES = {1: "open", 2: "short", 3: "mousebite", 4: "spur", 5: "copper", 6: "pin-hole"}
 EXPECTED = {

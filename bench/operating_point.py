@@ -31,13 +31,13 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
-from pipeline.evaluate import auroc  # noqa: E402
-from pipeline.images import decode_image  # noqa: E402
-from pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
-from pipeline.operating_point import fit_ok_tail, oracle_escape_rate, rates  # noqa: E402
-from producer.synth_files import write_synthetic_set  # noqa: E402
-from worker.datasets import expand_inputs, mvtec_test_items  # noqa: E402
-from worker.storage import LocalStorage, read_local  # noqa: E402
+from defectscan.pipeline.evaluate import auroc  # noqa: E402
+from defectscan.pipeline.images import decode_image  # noqa: E402
+from defectscan.pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
+from defectscan.pipeline.operating_point import fit_ok_tail, oracle_escape_rate, rates  # noqa: E402
+from defectscan.producer.synth_files import write_synthetic_set  # noqa: E402
+from defectscan.worker.datasets import expand_inputs, mvtec_test_items  # noqa: E402
+from defectscan.worker.storage import LocalStorage, read_local  # noqa: E402
 
 Z95 = 1.959964
 

@@ -23,16 +23,16 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
-from pipeline import fusion  # noqa: E402
-from pipeline.backbone import load_weights  # noqa: E402
-from pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
-from pipeline.model_config import DEFAULT_LAYERS, LITE2  # noqa: E402
-from worker.datasets import (  # noqa: E402
+from defectscan.pipeline import fusion  # noqa: E402
+from defectscan.pipeline.backbone import load_weights  # noqa: E402
+from defectscan.pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
+from defectscan.pipeline.model_config import DEFAULT_LAYERS, LITE2  # noqa: E402
+from defectscan.worker.datasets import (  # noqa: E402
     expand_inputs,
     mvtec_test_items,
     read_folder,
 )
-from worker.evaluation import run_evaluation  # noqa: E402
+from defectscan.worker.evaluation import run_evaluation  # noqa: E402
 
 
 def linked_copy(root: Path, count: int, out: Path) -> Path:

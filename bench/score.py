@@ -43,11 +43,11 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.images import encode_png  # noqa: E402
-from pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
-from pipeline.networks import BankPatchcore  # noqa: E402
-from pipeline.synth import instance_crops  # noqa: E402
-from worker.datasets import read_folder  # noqa: E402
+from defectscan.pipeline.images import encode_png  # noqa: E402
+from defectscan.pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
+from defectscan.pipeline.networks import BankPatchcore  # noqa: E402
+from defectscan.pipeline.synth import instance_crops  # noqa: E402
+from defectscan.worker.datasets import read_folder  # noqa: E402
 
 
 def crops(count: int, seed: int, defect_rate: float) -> list[np.ndarray]:
@@ -142,7 +142,7 @@ def coreset_agreement(train: list[np.ndarray], test: list[np.ndarray]) -> dict[s
     from anomalib.models.components import KCenterGreedy
     from scipy.stats import spearmanr
 
-    from pipeline.model import _holdout_indices
+    from defectscan.pipeline.model import _holdout_indices
 
     model = AnomalyModel.fit(train, ModelConfig(coreset_ratio=0.1, tta_views=("identity",)))
     held = _holdout_indices(len(train), model.config.holdout)

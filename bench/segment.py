@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
-from pipeline.geometry import iou
-from pipeline.segment import Segmenter, SegmentOptions, parse_range
-from pipeline.synth import generate_sheet, reference_template
+from defectscan.pipeline.geometry import iou
+from defectscan.pipeline.segment import Segmenter, SegmentOptions, parse_range
+from defectscan.pipeline.synth import generate_sheet, reference_template
 
 ANGLES, SCALES = "-5:5:1", "0.95:1.05:0.05"
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from worker.dev_redis import DevRedis
+from defectscan.worker.dev_redis import DevRedis
 
 BIN = Path(sys.executable).parent / "defectscan"
 
@@ -54,7 +54,9 @@ def measure(env: dict[str, str], registry: str, runs: int) -> None:
             times.append(time.perf_counter() - start)
         print(f"{label:<42} {statistics.median(times):>9.2f} {max(times):>7.2f}")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import pipeline.model"], env=env, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", "import defectscan.pipeline.model"], env=env, capture_output=True, timeout=300
+    )
     print(f"{'(for scale) import pipeline.model':<42} {time.perf_counter() - start:>9.2f}")
 
 

@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline.errors import DefectscanError
-from pipeline.model_config import LITE2
+from defectscan.pipeline.errors import DefectscanError
+from defectscan.pipeline.model_config import LITE2
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 """Stride-8 (48 channels) and stride-16 (120 channels) features: mid-level, as PatchCore wants."""

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.coreset import k_center_greedy
+from defectscan.pipeline.coreset import k_center_greedy
 
 MARGIN = 1e-4  # relative slack on the pruning bound (see BankIndex.nearest_distances)
 WORTH_PRUNING = 0.2  # above this share of the bank left to search, the full product is faster

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from pipeline import tta
+from defectscan.pipeline import tta
 
 LEAD_MARGIN = 3.0
 MARGIN_FACTOR = 2.0  # the lead margin is this many times a member's highest held-out OK z

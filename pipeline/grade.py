@@ -52,9 +52,9 @@ import numpy as np
 from numpy.typing import NDArray
 from skimage import color
 
-from pipeline.images import to_gray
-from pipeline.regions import EDGE, INTERIOR, TEXT, RegionMap
-from pipeline.verdict import Defect
+from defectscan.pipeline.images import to_gray
+from defectscan.pipeline.regions import EDGE, INTERIOR, TEXT, RegionMap
+from defectscan.pipeline.verdict import Defect
 
 DEFAULT_LEVELS = (0.0, 40.0, 70.0)
 FOREIGN_RGB = 25.0  # RGB distance: a pixel that changed, and a colour off the print-substrate line

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.errors import DecodeError, EmptyFileError, TooLargeError
+from defectscan.pipeline.errors import DecodeError, EmptyFileError, TooLargeError
 
 DEFAULT_MAX_PIXELS = 100_000_000
 """Default pixel limit (100 megapixels); larger images are refused from their header alone."""

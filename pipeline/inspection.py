@@ -26,17 +26,17 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.defect_mask import type_mask
-from pipeline.errors import DefectscanError, NoMatchError
-from pipeline.geometry import placement_matrix
-from pipeline.grade import grade_regions, level_of
-from pipeline.images import DEFAULT_MAX_PIXELS, decode_oriented, gray_rgb, is_gray
-from pipeline.model import AnomalyModel
-from pipeline.pairs import PairComparer
-from pipeline.regions import region_map
-from pipeline.render import heatmap_overlay, label_defects
-from pipeline.segment import Detection, Segmenter
-from pipeline.verdict import Defect, ImageInfo, Instance, ModelInfo, Note, Verdict, error_verdict
+from defectscan.pipeline.defect_mask import type_mask
+from defectscan.pipeline.errors import DefectscanError, NoMatchError
+from defectscan.pipeline.geometry import placement_matrix
+from defectscan.pipeline.grade import grade_regions, level_of
+from defectscan.pipeline.images import DEFAULT_MAX_PIXELS, decode_oriented, gray_rgb, is_gray
+from defectscan.pipeline.model import AnomalyModel
+from defectscan.pipeline.pairs import PairComparer
+from defectscan.pipeline.regions import region_map
+from defectscan.pipeline.render import heatmap_overlay, label_defects
+from defectscan.pipeline.segment import Detection, Segmenter
+from defectscan.pipeline.verdict import Defect, ImageInfo, Instance, ModelInfo, Note, Verdict, error_verdict
 
 log = logging.getLogger("defectscan.inspection")
 

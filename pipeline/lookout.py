@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel
 
-from pipeline.defect_mask import BACKGROUND_COLOUR, TYPE_COLOURS, hex_colour, type_areas
+from defectscan.pipeline.defect_mask import BACKGROUND_COLOUR, TYPE_COLOURS, hex_colour, type_areas
 
 
 class ImageSource(BaseModel):

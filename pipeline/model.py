@@ -58,13 +58,18 @@ from numpy.typing import NDArray
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline import fusion, networks, tta
-from pipeline.backbone import drop_trimmed, normalization
-from pipeline.errors import DefectscanError, InvalidArgumentError, ModelFormatError, ModelNotFoundError
-from pipeline.fusion import FusedNet
-from pipeline.images import decode_image, encode_png, is_gray
-from pipeline.model_config import AUGMENTS, ModelConfig, default_layers
-from pipeline.model_doc import (
+from defectscan.pipeline import fusion, networks, tta
+from defectscan.pipeline.backbone import drop_trimmed, normalization
+from defectscan.pipeline.errors import (
+    DefectscanError,
+    InvalidArgumentError,
+    ModelFormatError,
+    ModelNotFoundError,
+)
+from defectscan.pipeline.fusion import FusedNet
+from defectscan.pipeline.images import decode_image, encode_png, is_gray
+from defectscan.pipeline.model_config import AUGMENTS, ModelConfig, default_layers
+from defectscan.pipeline.model_doc import (
     SCHEMA,
     Calibration,
     calibrate,
@@ -74,8 +79,8 @@ from pipeline.model_doc import (
     rounded,
     write_doc,
 )
-from pipeline.regions import RegionMap, from_png_rgb, region_map
-from pipeline.variation import VariationNet, fit_variation, normal_variants
+from defectscan.pipeline.regions import RegionMap, from_png_rgb, region_map
+from defectscan.pipeline.variation import VariationNet, fit_variation, normal_variants
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.errors import InvalidArgumentError
+from defectscan.pipeline.errors import InvalidArgumentError
 
 METHODS = ("patchcore", "padim", "stfpm", "variation", "patchcore+variation")
 AUGMENTS = ("hflip", "vflip", "rot180", "colorjitter")

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.errors import InvalidArgumentError, ModelFormatError
-from pipeline.model_card import model_card
-from pipeline.operating_point import RULE, TAIL, operating_point, point_at
+from defectscan.pipeline.errors import InvalidArgumentError, ModelFormatError
+from defectscan.pipeline.model_card import model_card
+from defectscan.pipeline.operating_point import RULE, TAIL, operating_point, point_at
 
 SCHEMA = "defectscan.model/1"
 

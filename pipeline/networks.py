@@ -33,10 +33,10 @@ from anomalib.models.image.stfpm.loss import STFPMLoss
 from anomalib.models.image.stfpm.torch_model import STFPMModel
 from torch import nn
 
-from pipeline.backbone import load_weights, trim_unused_stages
-from pipeline.bank_search import BankIndex, full_nearest_distances
-from pipeline.blur import use_separable_blur
-from pipeline.coreset import k_center_greedy
+from defectscan.pipeline.backbone import load_weights, trim_unused_stages
+from defectscan.pipeline.bank_search import BankIndex, full_nearest_distances
+from defectscan.pipeline.blur import use_separable_blur
+from defectscan.pipeline.coreset import k_center_greedy
 
 
 class BankPatchcore(PatchcoreModel):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import InvalidArgumentError
+from defectscan.pipeline.errors import InvalidArgumentError
 
 GUMBEL_IQR = math.log(math.log(4.0)) - math.log(math.log(4.0 / 3.0))  # IQR of the standard Gumbel
 GUMBEL_MEDIAN = -math.log(math.log(2.0))  # median of the standard Gumbel

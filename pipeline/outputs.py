@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel
 
-from pipeline.defect_mask import colour_mask
-from pipeline.images import encode_png
-from pipeline.lookout import detect_anomaly_result
-from pipeline.verdict import Verdict
+from defectscan.pipeline.defect_mask import colour_mask
+from defectscan.pipeline.images import encode_png
+from defectscan.pipeline.lookout import detect_anomaly_result
+from defectscan.pipeline.verdict import Verdict
 
 if TYPE_CHECKING:  # the inspection imports the models (torch); finishing one does not need them
-    from pipeline.inspection import Inspection
+    from defectscan.pipeline.inspection import Inspection
 
 
 class OutputOptions(BaseModel):

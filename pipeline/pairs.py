@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from pipeline.backbone import load_weights, normalization
-from pipeline.errors import InvalidArgumentError
-from pipeline.images import to_gray
-from pipeline.model_config import LITE2, VARIATION_LAYERS
-from pipeline.variation import VariationNet
+from defectscan.pipeline.backbone import load_weights, normalization
+from defectscan.pipeline.errors import InvalidArgumentError
+from defectscan.pipeline.images import to_gray
+from defectscan.pipeline.model_config import LITE2, VARIATION_LAYERS
+from defectscan.pipeline.variation import VariationNet
 
 
 @dataclass

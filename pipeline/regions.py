@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.images import to_gray
+from defectscan.pipeline.images import to_gray
 
 BACKGROUND, INTERIOR, EDGE, TEXT = 0, 1, 2, 3
 CLASSES = ("background", "interior", "edge", "text")

@@ -28,8 +28,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.errors import InvalidArgumentError, TooSmallError
-from pipeline.geometry import (
+from defectscan.pipeline.errors import InvalidArgumentError, TooSmallError
+from defectscan.pipeline.geometry import (
     Pose,
     crop_at_pose,
     inscribed_fraction,
@@ -38,7 +38,7 @@ from pipeline.geometry import (
     placement_matrix,
     pose_box,
 )
-from pipeline.images import to_gray
+from defectscan.pipeline.images import to_gray
 
 Gray = NDArray[np.float32]
 

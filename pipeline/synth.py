@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.geometry import Pose, crop_at_pose, placement_matrix, pose_box
+from defectscan.pipeline.geometry import Pose, crop_at_pose, placement_matrix, pose_box
 
 DEFECT_TYPES: tuple[str, ...] = ("blurry_text", "structural", "color", "scratch")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.operating_point import fit_ok_tail, oracle_escape_rate, rates
+from defectscan.pipeline.operating_point import fit_ok_tail, oracle_escape_rate, rates
 
 TARGETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 

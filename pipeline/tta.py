@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from pipeline.model_config import DEFAULT_VIEWS, GEOMETRIC, PHOTOMETRIC, VIEWS, check_views
+from defectscan.pipeline.model_config import DEFAULT_VIEWS, GEOMETRIC, PHOTOMETRIC, VIEWS, check_views
 
 __all__ = [
     "DEFAULT_VIEWS",

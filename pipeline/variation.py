@@ -54,8 +54,8 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.backbone import trim_unused_stages
-from pipeline.blur import gaussian
+from defectscan.pipeline.backbone import trim_unused_stages
+from defectscan.pipeline.blur import gaussian
 
 FEATURE_MARGIN = 1.0  # z-distances up to one OK spread add nothing to the map
 NORMAL_SHIFTS_PX = ((2, 2), (-2, -2), (2, -2), (-2, 2))  # crop pixels; see normal_variants

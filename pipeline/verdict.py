@@ -13,9 +13,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from pipeline.errors import error_code, error_message
-from pipeline.lookout import DetectAnomalyResult
-from pipeline.names import printable
+from defectscan.pipeline.errors import error_code, error_message
+from defectscan.pipeline.lookout import DetectAnomalyResult
+from defectscan.pipeline.names import printable
 
 SCHEMA = "defectscan.verdict/1"
 

@@ -18,20 +18,20 @@ import click
 import redis
 from kombu.utils.url import maybe_sanitize_url
 
-from pipeline.outputs import OutputOptions
-from producer.console import err, progress_bar
-from producer.enqueue import enqueue_batch, storage_counts
-from producer.nightly import ENV as NIGHTLY_ENV
-from producer.nightly import Nightly, beat_argv
-from producer.options import search_options, segment_options
-from worker.app import INFERENCE_QUEUE, RETRAIN_QUEUE, bookkeeping_url
-from worker.batch_spec import absolute_location
-from worker.batches import BatchBook, BatchCounts, connect
-from worker.chunk_watch import is_dead, is_overdue
-from worker.dev_s3 import DevS3
-from worker.processes import until_interrupted
-from worker.retrain import RetrainBook
-from worker.storage import open_storage
+from defectscan.pipeline.outputs import OutputOptions
+from defectscan.producer.console import err, progress_bar
+from defectscan.producer.enqueue import enqueue_batch, storage_counts
+from defectscan.producer.nightly import ENV as NIGHTLY_ENV
+from defectscan.producer.nightly import Nightly, beat_argv
+from defectscan.producer.options import search_options, segment_options
+from defectscan.worker.app import INFERENCE_QUEUE, RETRAIN_QUEUE, bookkeeping_url
+from defectscan.worker.batch_spec import absolute_location
+from defectscan.worker.batches import BatchBook, BatchCounts, connect
+from defectscan.worker.chunk_watch import is_dead, is_overdue
+from defectscan.worker.dev_s3 import DevS3
+from defectscan.worker.processes import until_interrupted
+from defectscan.worker.retrain import RetrainBook
+from defectscan.worker.storage import open_storage
 
 EXIT_TIMEOUT = 3
 EXIT_STALLED = 4
@@ -258,7 +258,7 @@ def worker_argv(queues: str, concurrency: int, loglevel: str, name: str, pool: s
         "-m",
         "celery",
         "-A",
-        "worker.app:app",
+        "defectscan.worker.app:app",
         "worker",
         f"--queues={queues}",
         f"--concurrency={concurrency}",

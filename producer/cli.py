@@ -15,28 +15,28 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
-from pipeline.errors import DefectscanError, InvalidArgumentError
-from pipeline.images import decode_image, encode_png
-from pipeline.model_config import LITE2, METHODS, ModelConfig
-from pipeline.model_doc import Calibration
-from pipeline.outputs import OutputOptions
-from pipeline.segment import Segmenter
-from pipeline.verdict import ModelInfo, Verdict
-from producer.batch_cli import BATCH_COMMANDS
-from producer.console import err, print_error, progress_bar
-from producer.evaluation import print_metrics
-from producer.local_cluster import local_cluster
-from producer.local_segment import SegmentationRecord, crop_sources, segment_files
-from producer.models_cli import MODEL_COMMANDS
-from producer.ops_cli import OPS_COMMANDS
-from producer.options import search_options, segment_options
-from producer.synth_files import write_synthetic_set
-from producer.threshold_cli import threshold
-from worker.datasets import ImageSet, expand_inputs, mvtec_test_items, read_folder, read_pairs
-from worker.storage import LocalStorage, read_local
+from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
+from defectscan.pipeline.images import decode_image, encode_png
+from defectscan.pipeline.model_config import LITE2, METHODS, ModelConfig
+from defectscan.pipeline.model_doc import Calibration
+from defectscan.pipeline.outputs import OutputOptions
+from defectscan.pipeline.segment import Segmenter
+from defectscan.pipeline.verdict import ModelInfo, Verdict
+from defectscan.producer.batch_cli import BATCH_COMMANDS
+from defectscan.producer.console import err, print_error, progress_bar
+from defectscan.producer.evaluation import print_metrics
+from defectscan.producer.local_cluster import local_cluster
+from defectscan.producer.local_segment import SegmentationRecord, crop_sources, segment_files
+from defectscan.producer.models_cli import MODEL_COMMANDS
+from defectscan.producer.ops_cli import OPS_COMMANDS
+from defectscan.producer.options import search_options, segment_options
+from defectscan.producer.synth_files import write_synthetic_set
+from defectscan.producer.threshold_cli import threshold
+from defectscan.worker.datasets import ImageSet, expand_inputs, mvtec_test_items, read_folder, read_pairs
+from defectscan.worker.storage import LocalStorage, read_local
 
 if TYPE_CHECKING:  # the commands import torch-backed modules where they run: --help stays fast
-    from pipeline.inspection import Inspection
+    from defectscan.pipeline.inspection import Inspection
 
 
 def _parse_box(text: str) -> tuple[int, int, int, int]:
@@ -207,7 +207,7 @@ def train(
     out: Path,
 ) -> None:
     """Train an anomaly model on OK images only (aligned crops, or whole images) into OUT."""
-    from pipeline.model import AnomalyModel
+    from defectscan.pipeline.model import AnomalyModel
 
     config = ModelConfig(
         method=method,
@@ -282,9 +282,9 @@ def evaluate(
 ) -> None:
     """Evaluate a model on an MVTec-layout folder (--model, --data), or golden templates per image
     (--pairs): AUROC, pixel AUROC, AUPRO, F1, per type, timings."""
-    from pipeline.model import AnomalyModel
-    from pipeline.pairs import PairComparer
-    from worker.evaluation import run_evaluation, run_pair_evaluation
+    from defectscan.pipeline.model import AnomalyModel
+    from defectscan.pipeline.pairs import PairComparer
+    from defectscan.worker.evaluation import run_evaluation, run_pair_evaluation
 
     if pairs is not None:
         result = run_pair_evaluation(PairComparer(image_size=image_size), read_pairs(pairs))
@@ -345,10 +345,10 @@ def inspect(
     pair of --pairs: verdict JSON and heatmap per image under OUT, mirroring the inputs, and summary.json.
 
     The exit status is 1 if any image failed (its verdict says why); the run never stops for one."""
-    from pipeline.inspection import inspect_image, inspect_pair
-    from pipeline.model import AnomalyModel
-    from pipeline.pairs import PairComparer
-    from producer.inspect_files import run_inspection
+    from defectscan.pipeline.inspection import inspect_image, inspect_pair
+    from defectscan.pipeline.model import AnomalyModel
+    from defectscan.pipeline.pairs import PairComparer
+    from defectscan.producer.inspect_files import run_inspection
 
     storage = LocalStorage(out)
     if pairs is not None:

@@ -26,18 +26,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.errors import InvalidArgumentError
-from pipeline.images import DEFAULT_MAX_PIXELS
-from pipeline.outputs import OutputOptions
-from pipeline.segment import SegmentOptions
-from pipeline.verdict import Verdict
-from worker.app import app, send_chunk
-from worker.batch_spec import ITEMS, MANIFEST, TEMPLATE_KEY, BatchSpec, absolute_location, manifest_keys
-from worker.batches import BatchBook, BatchCounts
-from worker.datasets import IMAGE_SUFFIXES
-from worker.item_keys import item_key
-from worker.model_cache import resolve_model
-from worker.storage import Storage, open_storage, read_location
+from defectscan.pipeline.errors import InvalidArgumentError
+from defectscan.pipeline.images import DEFAULT_MAX_PIXELS
+from defectscan.pipeline.outputs import OutputOptions
+from defectscan.pipeline.segment import SegmentOptions
+from defectscan.pipeline.verdict import Verdict
+from defectscan.worker.app import app, send_chunk
+from defectscan.worker.batch_spec import (
+    ITEMS,
+    MANIFEST,
+    TEMPLATE_KEY,
+    BatchSpec,
+    absolute_location,
+    manifest_keys,
+)
+from defectscan.worker.batches import BatchBook, BatchCounts
+from defectscan.worker.datasets import IMAGE_SUFFIXES
+from defectscan.worker.item_keys import item_key
+from defectscan.worker.model_cache import resolve_model
+from defectscan.worker.storage import Storage, open_storage, read_location
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.errors import DefectscanError
-from pipeline.inspection import Inspection
-from pipeline.outputs import OutputOptions
-from pipeline.verdict import ModelInfo, Verdict, error_verdict
-from worker.results import Summary, write_inspection
-from worker.storage import Storage, read_local
+from defectscan.pipeline.errors import DefectscanError
+from defectscan.pipeline.inspection import Inspection
+from defectscan.pipeline.outputs import OutputOptions
+from defectscan.pipeline.verdict import ModelInfo, Verdict, error_verdict
+from defectscan.worker.results import Summary, write_inspection
+from defectscan.worker.storage import Storage, read_local
 
 log = logging.getLogger("defectscan.inspect")
 

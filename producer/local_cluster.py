@@ -17,12 +17,12 @@ from pathlib import Path
 
 import click
 
-from producer.batch_cli import worker_argv
-from producer.console import err
-from worker.app import INFERENCE_QUEUE, RETRAIN_QUEUE
-from worker.dev_redis import DevRedis
-from worker.dev_s3 import DevS3
-from worker.processes import stop_group, until_interrupted
+from defectscan.producer.batch_cli import worker_argv
+from defectscan.producer.console import err
+from defectscan.worker.app import INFERENCE_QUEUE, RETRAIN_QUEUE
+from defectscan.worker.dev_redis import DevRedis
+from defectscan.worker.dev_s3 import DevS3
+from defectscan.worker.processes import stop_group, until_interrupted
 
 ENV_FILE = "cluster.env"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import DefectscanError, InvalidArgumentError
-from pipeline.images import DEFAULT_MAX_PIXELS, decode_image, encode_png
-from pipeline.segment import Detection, Segmenter
-from worker.storage import LocalStorage, read_local
+from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
+from defectscan.pipeline.images import DEFAULT_MAX_PIXELS, decode_image, encode_png
+from defectscan.pipeline.segment import Detection, Segmenter
+from defectscan.worker.storage import LocalStorage, read_local
 
 SCHEMA = "defectscan.segments/1"
 

@@ -10,11 +10,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from producer.console import err
-from worker.app import app
-from worker.registry import Registry, registry_location
-from worker.retrain import RetrainBook, RetrainRequest
-from worker.storage import join_key
+from defectscan.producer.console import err
+from defectscan.worker.app import app
+from defectscan.worker.registry import Registry, registry_location
+from defectscan.worker.retrain import RetrainBook, RetrainRequest
+from defectscan.worker.storage import join_key
 
 
 def registry_option(fn):  # type: ignore[no-untyped-def]

@@ -24,9 +24,9 @@ from typing import Any
 from celery.schedules import crontab
 from pydantic import BaseModel
 
-from producer.enqueue import enqueue_batch
-from worker.app import SCHEDULE_QUEUE, app
-from worker.settings import settings
+from defectscan.producer.enqueue import enqueue_batch
+from defectscan.worker.app import SCHEDULE_QUEUE, app
+from defectscan.worker.settings import settings
 
 ENV = "DEFECTSCAN_NIGHTLY"
 
@@ -91,7 +91,7 @@ def beat_schedule(nightly: Nightly) -> dict[str, Any]:
 
 def beat_argv(schedule_file: str) -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "producer.nightly:app", "worker", "--beat",
+        sys.executable, "-m", "celery", "-A", "defectscan.producer.nightly:app", "worker", "--beat",
         f"--queues={SCHEDULE_QUEUE}", "--pool=solo", "--concurrency=1", f"--schedule={schedule_file}",
         "--hostname=beat@%h", "--without-gossip", "--without-mingle",
     ]  # fmt: skip

@@ -6,10 +6,10 @@ import sys
 
 import click
 
-from producer.console import err
-from worker.batches import connect
-from worker.settings import settings
-from worker.storage import S3Settings
+from defectscan.producer.console import err
+from defectscan.worker.batches import connect
+from defectscan.worker.settings import settings
+from defectscan.worker.storage import S3Settings
 
 
 @click.command()

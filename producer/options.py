@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import click
 
-from pipeline.images import DEFAULT_MAX_PIXELS
-from pipeline.segment import SegmentOptions, parse_range
+from defectscan.pipeline.images import DEFAULT_MAX_PIXELS
+from defectscan.pipeline.segment import SegmentOptions, parse_range
 
 
 def segment_options(fn: Callable[..., None]) -> Callable[..., None]:

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.images import encode_png
-from pipeline.segment import Segmenter
-from pipeline.synth import (
+from defectscan.pipeline.images import encode_png
+from defectscan.pipeline.segment import Segmenter
+from defectscan.pipeline.synth import (
     TEMPLATE_HEIGHT,
     TEMPLATE_WIDTH,
     SheetInstance,
@@ -36,7 +36,7 @@ from pipeline.synth import (
     generate_sheet,
     reference_template,
 )
-from worker.storage import LocalStorage, Storage
+from defectscan.worker.storage import LocalStorage, Storage
 
 
 @dataclass

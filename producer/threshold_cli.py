@@ -9,11 +9,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.model_card import model_card
-from pipeline.model_doc import MODEL_CARD, MODEL_JSON, doc_bytes, read_calibration, recalibrated
-from producer.console import err
-from worker.model_cache import model_doc, registry_version
-from worker.storage import open_storage
+from defectscan.pipeline.model_card import model_card
+from defectscan.pipeline.model_doc import MODEL_CARD, MODEL_JSON, doc_bytes, read_calibration, recalibrated
+from defectscan.producer.console import err
+from defectscan.worker.model_cache import model_doc, registry_version
+from defectscan.worker.storage import open_storage
 
 
 @click.command()
@@ -83,10 +83,10 @@ def threshold(
 
 
 def _report(model: str, data: Path, plot: Path) -> None:
-    from pipeline.threshold_report import report_png, report_rows
-    from worker.datasets import mvtec_test_items
-    from worker.evaluation import score_items
-    from worker.model_cache import ModelCache, resolve_model
+    from defectscan.pipeline.threshold_report import report_png, report_rows
+    from defectscan.worker.datasets import mvtec_test_items
+    from defectscan.worker.evaluation import score_items
+    from defectscan.worker.model_cache import ModelCache, resolve_model
 
     location, version = resolve_model(model)
     loaded = ModelCache(maxsize=1).get(location, version)

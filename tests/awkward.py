@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipeline.images import encode_png
-from pipeline.synth import SheetSpec, generate_sheet
+from defectscan.pipeline.images import encode_png
+from defectscan.pipeline.synth import SheetSpec, generate_sheet
 
 SPEC = SheetSpec(width=1000, height=420, rows=1, cols=2)
 VALID = "valid"

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.images import encode_png
-from pipeline.synth import Sheet, generate_sheet, reference_template, render_instance
-from producer.batch_cli import worker_argv
-from worker.app import app
-from worker.dev_redis import DevRedis
-from worker.dev_s3 import DevS3
+from defectscan.pipeline.images import encode_png
+from defectscan.pipeline.synth import Sheet, generate_sheet, reference_template, render_instance
+from defectscan.producer.batch_cli import worker_argv
+from defectscan.worker.app import app
+from defectscan.worker.dev_redis import DevRedis
+from defectscan.worker.dev_s3 import DevS3
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Before worker.app reads it: a port nothing listens on, until the `env` fixture points everything at

@@ -31,7 +31,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-from worker.settings import settings
+from defectscan.worker.settings import settings
 
 INFERENCE_QUEUE, RETRAIN_QUEUE, SCHEDULE_QUEUE = "inference", "retrain", "schedule"
 
@@ -70,7 +70,7 @@ def chunk_limits(images: int) -> tuple[int, int]:
 def make_app() -> Celery:
     soft, hard = _limits()
     broker = broker_url()
-    celery = Celery("defectscan", include=["worker.tasks", "worker.retrain"])
+    celery = Celery("defectscan", include=["defectscan.worker.tasks", "defectscan.worker.retrain"])
     celery.conf.update(
         broker_url=broker,
         result_backend=settings().result_backend or _result_backend(broker),

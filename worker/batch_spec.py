@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.images import DEFAULT_MAX_PIXELS
-from pipeline.outputs import OutputOptions
-from pipeline.segment import SegmentOptions
-from worker.storage import Storage, is_remote
+from defectscan.pipeline.images import DEFAULT_MAX_PIXELS
+from defectscan.pipeline.outputs import OutputOptions
+from defectscan.pipeline.segment import SegmentOptions
+from defectscan.worker.storage import Storage, is_remote
 
 BATCH_SCHEMA = "defectscan.batch/1"
 MANIFEST = "manifest.jsonl"  # one JSON line per input: key, size, etag

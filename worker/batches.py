@@ -34,8 +34,8 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from worker.app import bookkeeping_url
-from worker.settings import settings
+from defectscan.worker.app import bookkeeping_url
+from defectscan.worker.settings import settings
 
 PREFIX = "defectscan:batch:"
 RUNNING = "defectscan:running-batches"  # batches that hold leases, for the watchdog

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from worker.batches import BatchBook, Lease, connect, running_batches, server_time
-from worker.settings import settings
+from defectscan.worker.batches import BatchBook, Lease, connect, running_batches, server_time
+from defectscan.worker.settings import settings
 
 log = logging.getLogger("defectscan.watch")
 

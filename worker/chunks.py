@@ -24,20 +24,20 @@ from functools import lru_cache
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from pipeline.errors import DefectscanError, error_message
-from pipeline.images import decode_image
-from pipeline.inspection import Inspection, inspect_image
-from pipeline.segment import Segmenter
-from pipeline.verdict import ModelInfo, error_verdict
-from worker import metrics
-from worker.app import app, send_chunk
-from worker.batch_spec import ITEMS, TEMPLATE_KEY, BatchSpec
-from worker.batches import BatchBook, Lease, server_time
-from worker.chunk_watch import is_dead
-from worker.item_keys import item_key
-from worker.model_cache import ModelCache
-from worker.results import write_inspection
-from worker.storage import Storage, StorageUnavailableError, open_storage
+from defectscan.pipeline.errors import DefectscanError, error_message
+from defectscan.pipeline.images import decode_image
+from defectscan.pipeline.inspection import Inspection, inspect_image
+from defectscan.pipeline.segment import Segmenter
+from defectscan.pipeline.verdict import ModelInfo, error_verdict
+from defectscan.worker import metrics
+from defectscan.worker.app import app, send_chunk
+from defectscan.worker.batch_spec import ITEMS, TEMPLATE_KEY, BatchSpec
+from defectscan.worker.batches import BatchBook, Lease, server_time
+from defectscan.worker.chunk_watch import is_dead
+from defectscan.worker.item_keys import item_key
+from defectscan.worker.model_cache import ModelCache
+from defectscan.worker.results import write_inspection
+from defectscan.worker.storage import Storage, StorageUnavailableError, open_storage
 
 log = logging.getLogger("defectscan.worker")
 INTERRUPTS = (SoftTimeLimitExceeded,)  # a chunk's time limit ends the chunk, not just the image

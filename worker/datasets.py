@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.errors import DefectscanError, InvalidArgumentError
-from pipeline.images import decode_image
-from worker.storage import read_local
+from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
+from defectscan.pipeline.images import decode_image
+from defectscan.worker.storage import read_local
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 

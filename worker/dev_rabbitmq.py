@@ -15,8 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from worker.dev_redis import free_port
-from worker.processes import stop_group
+from defectscan.worker.dev_redis import free_port
+from defectscan.worker.processes import stop_group
 
 SERVER_SCRIPTS = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)
 

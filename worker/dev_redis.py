@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from worker.processes import stop_group
+from defectscan.worker.processes import stop_group
 
 
 def server_binary() -> str:

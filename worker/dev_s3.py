@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.processes import stop_group
-from worker.storage import S3Settings
+from defectscan.worker.processes import stop_group
+from defectscan.worker.storage import S3Settings
 
 GRPC_OFFSET = 10000
 

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.errors import DefectscanError, InvalidArgumentError
-from pipeline.evaluate import Sample, summarize
-from pipeline.images import decode_image
-from pipeline.model import AnomalyModel
-from pipeline.pairs import PairComparer
-from worker.datasets import PairItem, TestItem
-from worker.storage import read_local
+from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
+from defectscan.pipeline.evaluate import Sample, summarize
+from defectscan.pipeline.images import decode_image
+from defectscan.pipeline.model import AnomalyModel
+from defectscan.pipeline.pairs import PairComparer
+from defectscan.worker.datasets import PairItem, TestItem
+from defectscan.worker.storage import read_local
 
 
 def run_evaluation(model: AnomalyModel, items: Sequence[TestItem], use_tta: bool = True) -> dict[str, object]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 
-from pipeline.names import raw_bytes
+from defectscan.pipeline.names import raw_bytes
 
 RENAMED = "_renamed"
 SUFFIX_RESERVE = 24  # bytes kept free in the last segment: ".9999.heatmap.png" and temp-file affixes

@@ -27,10 +27,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from pipeline.verdict import Verdict
-from worker.app import REDIS_SCHEMES, broker_url
-from worker.batches import connect
-from worker.settings import settings
+from defectscan.pipeline.verdict import Verdict
+from defectscan.worker.app import REDIS_SCHEMES, broker_url
+from defectscan.worker.batches import connect
+from defectscan.worker.settings import settings
 
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 CHUNK_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)

@@ -21,15 +21,15 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import ModelFormatError, ModelNotFoundError
-from pipeline.model_doc import MODEL_JSON, parse_doc
+from defectscan.pipeline.errors import ModelFormatError, ModelNotFoundError
+from defectscan.pipeline.model_doc import MODEL_JSON, parse_doc
 
 if TYPE_CHECKING:
-    from pipeline.model import AnomalyModel
+    from defectscan.pipeline.model import AnomalyModel
 
-from worker.registry import Registry, registry_location
-from worker.settings import settings
-from worker.storage import LocalStorage, Storage, is_remote, open_storage
+from defectscan.worker.registry import Registry, registry_location
+from defectscan.worker.settings import settings
+from defectscan.worker.storage import LocalStorage, Storage, is_remote, open_storage
 
 MODEL_FILES = ("model.json", "model.safetensors", "reference.png", "regions.png")
 
@@ -97,7 +97,7 @@ class ModelCache:
         if key in self._models:
             self._models.move_to_end(key)
             return self._models[key]
-        from pipeline.model import AnomalyModel  # torch: only where a model is used
+        from defectscan.pipeline.model import AnomalyModel  # torch: only where a model is used
 
         model = AnomalyModel.load(self._local(location, version))
         if str(model.meta.get("version")) != version:

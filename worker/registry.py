@@ -19,11 +19,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import ModelNotFoundError
-from pipeline.model_card import model_card
-from pipeline.model_doc import doc_bytes
-from worker.settings import settings
-from worker.storage import Storage, join_key, open_storage
+from defectscan.pipeline.errors import ModelNotFoundError
+from defectscan.pipeline.model_card import model_card
+from defectscan.pipeline.model_doc import doc_bytes
+from defectscan.worker.settings import settings
+from defectscan.worker.storage import Storage, join_key, open_storage
 
 REGISTRY_ENV = "DEFECTSCAN_REGISTRY"
 CARD = "MODEL_CARD.md"

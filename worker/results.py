@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import DefectscanError, KeyTooLongError, WriteFailedError, error_code
-from pipeline.outputs import OutputOptions, finish
-from pipeline.verdict import Text, Verdict, error_verdict
-from worker.item_keys import hashed_key, item_key
-from worker.storage import Storage, StorageUnavailableError
+from defectscan.pipeline.errors import DefectscanError, KeyTooLongError, WriteFailedError, error_code
+from defectscan.pipeline.outputs import OutputOptions, finish
+from defectscan.pipeline.verdict import Text, Verdict, error_verdict
+from defectscan.worker.item_keys import hashed_key, item_key
+from defectscan.worker.storage import Storage, StorageUnavailableError
 
 if TYPE_CHECKING:  # the inspection imports the models (torch); writing results does not need them
-    from pipeline.inspection import Inspection
+    from defectscan.pipeline.inspection import Inspection
 
 SUMMARY_SCHEMA = "defectscan.summary/1"
 

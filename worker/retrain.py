@@ -42,14 +42,14 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel
 
-from pipeline.errors import DefectscanError, InvalidArgumentError
-from pipeline.images import decode_image
-from pipeline.model_doc import MODEL_CARD
-from worker.app import app
-from worker.batches import TTL_S, connect
-from worker.datasets import IMAGE_SUFFIXES, mvtec_test_items
-from worker.registry import Registry
-from worker.storage import Storage, open_storage, read_location
+from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
+from defectscan.pipeline.images import decode_image
+from defectscan.pipeline.model_doc import MODEL_CARD
+from defectscan.worker.app import app
+from defectscan.worker.batches import TTL_S, connect
+from defectscan.worker.datasets import IMAGE_SUFFIXES, mvtec_test_items
+from defectscan.worker.registry import Registry
+from defectscan.worker.storage import Storage, open_storage, read_location
 
 log = logging.getLogger("defectscan.retrain")
 RETRAIN_TIME_LIMIT_S = 2 * 3600
@@ -203,9 +203,9 @@ def gate(
 
 def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
     """Train, evaluate, publish and maybe promote (the steps in the module docstring)."""
-    from pipeline.model import AnomalyModel, ModelConfig
-    from pipeline.segment import Segmenter
-    from worker.evaluation import run_evaluation
+    from defectscan.pipeline.model import AnomalyModel, ModelConfig
+    from defectscan.pipeline.segment import Segmenter
+    from defectscan.worker.evaluation import run_evaluation
 
     book.update(state="running", stage="reading images")
     images, names, skipped = read_images(req.ok)
@@ -249,7 +249,7 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
                 raise InvalidArgumentError(req.val, "no test images in MVTec layout (test/<type>/...)")
             metrics["validation"] = _headline(run_evaluation(model, items))
             if latest is not None:
-                from worker.model_cache import ModelCache
+                from defectscan.worker.model_cache import ModelCache
 
                 current = ModelCache(1, Path(tmp) / "cache").get(
                     registry.model_location(req.product, latest), latest

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from pipeline.errors import DefectscanError, KeyTooLongError, UnreadableError, WriteFailedError
-from worker.settings import settings
+from defectscan.pipeline.errors import DefectscanError, KeyTooLongError, UnreadableError, WriteFailedError
+from defectscan.worker.settings import settings
 
 
 class BadKeyError(DefectscanError):

@@ -32,14 +32,14 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready, worker_shutdown
 
-from pipeline.errors import DefectscanError
-from pipeline.verdict import ModelInfo, Verdict, error_verdict
-from worker import metrics
-from worker.app import app, chunk_limits
-from worker.batch_spec import ITEMS, manifest_keys
-from worker.batches import BatchBook, Lease
-from worker.chunk_watch import ChunkLease, Watchdog
-from worker.chunks import (
+from defectscan.pipeline.errors import DefectscanError
+from defectscan.pipeline.verdict import ModelInfo, Verdict, error_verdict
+from defectscan.worker import metrics
+from defectscan.worker.app import app, chunk_limits
+from defectscan.worker.batch_spec import ITEMS, manifest_keys
+from defectscan.worker.batches import BatchBook, Lease
+from defectscan.worker.chunk_watch import ChunkLease, Watchdog
+from defectscan.worker.chunks import (
     ChunkTimeoutError,
     VerdictLostError,
     batch_context,
@@ -50,10 +50,10 @@ from worker.chunks import (
     settle,
     unrecorded,
 )
-from worker.item_keys import item_key
-from worker.results import Summary
-from worker.settings import settings
-from worker.storage import Storage, StorageUnavailableError, open_storage
+from defectscan.worker.item_keys import item_key
+from defectscan.worker.results import Summary
+from defectscan.worker.settings import settings
+from defectscan.worker.storage import Storage, StorageUnavailableError, open_storage
 
 log = logging.getLogger("defectscan.worker")
 RETRYABLE = (StorageUnavailableError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)

@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.images import encode_png
-from pipeline.inspection import Inspection
-from pipeline.model import AnomalyModel, ModelConfig
-from pipeline.names import printable
-from pipeline.outputs import OutputOptions
-from pipeline.segment import Segmenter, SegmentOptions, parse_range
-from pipeline.synth import reference_template
-from pipeline.verdict import ModelInfo, Verdict, error_verdict
-from producer.cli import cli
-from producer.synth_files import aligned_ok_crops
+from defectscan.pipeline.images import encode_png
+from defectscan.pipeline.inspection import Inspection
+from defectscan.pipeline.model import AnomalyModel, ModelConfig
+from defectscan.pipeline.names import printable
+from defectscan.pipeline.outputs import OutputOptions
+from defectscan.pipeline.segment import Segmenter, SegmentOptions, parse_range
+from defectscan.pipeline.synth import reference_template
+from defectscan.pipeline.verdict import ModelInfo, Verdict, error_verdict
+from defectscan.producer.cli import cli
+from defectscan.producer.synth_files import aligned_ok_crops
+from defectscan.worker.item_keys import hashed_key, is_natural, item_key
+from defectscan.worker.results import write_inspection
+from defectscan.worker.storage import LocalStorage
 from tests.awkward import SPEC, VALID, corpus
-from worker.item_keys import hashed_key, is_natural, item_key
-from worker.results import write_inspection
-from worker.storage import LocalStorage
 
 
 @pytest.fixture(scope="module")

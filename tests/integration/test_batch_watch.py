@@ -15,20 +15,20 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from pipeline.images import encode_png
-from pipeline.synth import reference_template
-from pipeline.verdict import ImageInfo, ModelInfo, Verdict
-from producer import batch_cli
-from producer.cli import cli
-from producer.enqueue import enqueue_batch
-from worker.app import app
-from worker.batch_spec import BatchSpec
-from worker.batches import BatchBook, Lease, connect, server_time
-from worker.chunk_watch import sweep
-from worker.chunks import ChunkTimeoutError, resume
-from worker.dev_redis import DevRedis, free_port
-from worker.storage import LocalStorage
-from worker.tasks import finalize_batch
+from defectscan.pipeline.images import encode_png
+from defectscan.pipeline.synth import reference_template
+from defectscan.pipeline.verdict import ImageInfo, ModelInfo, Verdict
+from defectscan.producer import batch_cli
+from defectscan.producer.cli import cli
+from defectscan.producer.enqueue import enqueue_batch
+from defectscan.worker.app import app
+from defectscan.worker.batch_spec import BatchSpec
+from defectscan.worker.batches import BatchBook, Lease, connect, server_time
+from defectscan.worker.chunk_watch import sweep
+from defectscan.worker.chunks import ChunkTimeoutError, resume
+from defectscan.worker.dev_redis import DevRedis, free_port
+from defectscan.worker.storage import LocalStorage
+from defectscan.worker.tasks import finalize_batch
 
 
 @pytest.fixture

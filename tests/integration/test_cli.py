@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.images import decode_image, encode_png
-from producer.cli import cli
+from defectscan.pipeline.images import decode_image, encode_png
+from defectscan.producer.cli import cli
 
 BIN = Path(sys.executable).parent
 

@@ -6,12 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.geometry import Pose, crop_at_pose, inside_at_pose
-from pipeline.images import encode_png
-from pipeline.inspection import inspect_image
-from pipeline.model import AnomalyModel, ModelConfig
-from pipeline.segment import Segmenter, SegmentOptions, parse_range
-from pipeline.synth import Sheet, generate_sheet, reference_template
+from defectscan.pipeline.geometry import Pose, crop_at_pose, inside_at_pose
+from defectscan.pipeline.images import encode_png
+from defectscan.pipeline.inspection import inspect_image
+from defectscan.pipeline.model import AnomalyModel, ModelConfig
+from defectscan.pipeline.segment import Segmenter, SegmentOptions, parse_range
+from defectscan.pipeline.synth import Sheet, generate_sheet, reference_template
 
 SEARCH = SegmentOptions(angles=parse_range("-5:5:1"), scales=parse_range("0.95:1.05:0.05"))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worker.app import chunk_limits
+from defectscan.worker.app import chunk_limits
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -13,20 +13,20 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from pipeline.errors import ModelNotFoundError
-from pipeline.images import encode_png
-from pipeline.model import AnomalyModel, ModelConfig
-from pipeline.segment import Segmenter, SegmentOptions, parse_range
-from pipeline.synth import SheetSpec, reference_template
-from producer.cli import cli
-from producer.enqueue import enqueue_batch
-from producer.synth_files import aligned_ok_crops, publish_model, write_sheet_images
+from defectscan.pipeline.errors import ModelNotFoundError
+from defectscan.pipeline.images import encode_png
+from defectscan.pipeline.model import AnomalyModel, ModelConfig
+from defectscan.pipeline.segment import Segmenter, SegmentOptions, parse_range
+from defectscan.pipeline.synth import SheetSpec, reference_template
+from defectscan.producer.cli import cli
+from defectscan.producer.enqueue import enqueue_batch
+from defectscan.producer.synth_files import aligned_ok_crops, publish_model, write_sheet_images
+from defectscan.worker.batch_spec import BatchSpec
+from defectscan.worker.batches import PREFIX
+from defectscan.worker.chunks import inspect_keys
+from defectscan.worker.dev_s3 import DevS3, free_ports
+from defectscan.worker.storage import LocalStorage, S3Storage
 from tests.conftest import start_worker, stop_workers
-from worker.batch_spec import BatchSpec
-from worker.batches import PREFIX
-from worker.chunks import inspect_keys
-from worker.dev_s3 import DevS3, free_ports
-from worker.storage import LocalStorage, S3Storage
 
 SPEC = SheetSpec(width=1000, height=420, rows=1, cols=2)
 METRICS_PORTS: list[int] = []  # each worker's Prometheus port

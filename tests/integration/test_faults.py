@@ -24,24 +24,24 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline.images import encode_png
-from pipeline.model import AnomalyModel, ModelConfig
-from pipeline.names import printable
-from pipeline.segment import Segmenter, SegmentOptions, parse_range
-from pipeline.synth import generate_sheet, reference_template
-from pipeline.verdict import Verdict
-from producer.batch_cli import worker_argv
-from producer.enqueue import enqueue_batch
-from producer.synth_files import aligned_ok_crops, publish_model
+from defectscan.pipeline.images import encode_png
+from defectscan.pipeline.model import AnomalyModel, ModelConfig
+from defectscan.pipeline.names import printable
+from defectscan.pipeline.segment import Segmenter, SegmentOptions, parse_range
+from defectscan.pipeline.synth import generate_sheet, reference_template
+from defectscan.pipeline.verdict import Verdict
+from defectscan.producer.batch_cli import worker_argv
+from defectscan.producer.enqueue import enqueue_batch
+from defectscan.producer.synth_files import aligned_ok_crops, publish_model
+from defectscan.worker.app import app, send_chunk
+from defectscan.worker.batch_spec import manifest_keys
+from defectscan.worker.batches import BatchBook, connect
+from defectscan.worker.dev_redis import DevRedis
+from defectscan.worker.dev_s3 import DevS3
+from defectscan.worker.item_keys import item_key
+from defectscan.worker.storage import S3Storage
 from tests.awkward import SPEC, VALID, corpus
 from tests.conftest import ROOT
-from worker.app import app, send_chunk
-from worker.batch_spec import manifest_keys
-from worker.batches import BatchBook, connect
-from worker.dev_redis import DevRedis
-from worker.dev_s3 import DevS3
-from worker.item_keys import item_key
-from worker.storage import S3Storage
 
 pytestmark = pytest.mark.slow
 FAST_WATCH = (  # DEFECTSCAN_FAULTS_DEFAULT_WATCH=1 measures with the defaults (10 s, 60 s, 15 s)

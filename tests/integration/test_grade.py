@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.grade import _severity, delta_e2000, grade, level_of
-from pipeline.model import AnomalyModel, ModelConfig
-from pipeline.regions import region_map
-from pipeline.synth import instance_crops, reference_template
+from defectscan.pipeline.grade import _severity, delta_e2000, grade, level_of
+from defectscan.pipeline.model import AnomalyModel, ModelConfig
+from defectscan.pipeline.regions import region_map
+from defectscan.pipeline.synth import instance_crops, reference_template
 
 EXPECTED = {"blurry_text": "blurry_text", "structural": "structural", "color": "color_scratch"}
 

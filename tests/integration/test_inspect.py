@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.images import decode_image, encode_png, gray_rgb
-from pipeline.inspection import inspect_image
-from pipeline.model import AnomalyModel, ModelConfig
-from pipeline.segment import Segmenter, SegmentOptions
-from pipeline.synth import Sheet
-from pipeline.verdict import Verdict, json_schema
-from producer.cli import cli
+from defectscan.pipeline.images import decode_image, encode_png, gray_rgb
+from defectscan.pipeline.inspection import inspect_image
+from defectscan.pipeline.model import AnomalyModel, ModelConfig
+from defectscan.pipeline.segment import Segmenter, SegmentOptions
+from defectscan.pipeline.synth import Sheet
+from defectscan.pipeline.verdict import Verdict, json_schema
+from defectscan.producer.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from worker.app import app
+from defectscan.worker.app import app
 
 BIN = Path(sys.executable).parent / "defectscan"
 

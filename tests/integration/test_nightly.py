@@ -11,13 +11,13 @@ import redis
 from celery.schedules import crontab
 from click.testing import CliRunner
 
-from pipeline.images import encode_png
-from pipeline.synth import reference_template
-from pipeline.verdict import ImageInfo, ModelInfo, Verdict
-from producer.cli import cli
-from producer.nightly import Nightly, beat_schedule, enqueue_nightly
-from worker.app import app
-from worker.batches import PREFIX
+from defectscan.pipeline.images import encode_png
+from defectscan.pipeline.synth import reference_template
+from defectscan.pipeline.verdict import ImageInfo, ModelInfo, Verdict
+from defectscan.producer.cli import cli
+from defectscan.producer.nightly import Nightly, beat_schedule, enqueue_nightly
+from defectscan.worker.app import app
+from defectscan.worker.batches import PREFIX
 
 
 def test_the_schedule_fires_daily_at_the_hour_given() -> None:

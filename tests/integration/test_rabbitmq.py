@@ -11,8 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.segment import SegmentOptions, parse_range
-from producer.enqueue import enqueue_batch
+from defectscan.pipeline.segment import SegmentOptions, parse_range
+from defectscan.producer.enqueue import enqueue_batch
+from defectscan.worker.app import broker_settings
+from defectscan.worker.dev_rabbitmq import DevRabbitMQ, server_script
+from defectscan.worker.dev_redis import DevRedis
+from defectscan.worker.dev_s3 import DevS3
+from defectscan.worker.storage import S3Storage
 from tests.integration.test_faults import (
     Cluster,
     _check_batch,
@@ -22,11 +27,6 @@ from tests.integration.test_faults import (
     _wait_success,
     pointed_at,
 )
-from worker.app import broker_settings
-from worker.dev_rabbitmq import DevRabbitMQ, server_script
-from worker.dev_redis import DevRedis
-from worker.dev_s3 import DevS3
-from worker.storage import S3Storage
 
 pytestmark = [
     pytest.mark.slow,

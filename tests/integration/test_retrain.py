@@ -12,16 +12,16 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from pipeline.images import encode_png
-from pipeline.synth import SheetSpec, reference_template
-from producer.cli import cli
-from producer.synth_files import write_sheet_images, write_synthetic_set
+from defectscan.pipeline.images import encode_png
+from defectscan.pipeline.synth import SheetSpec, reference_template
+from defectscan.producer.cli import cli
+from defectscan.producer.synth_files import write_sheet_images, write_synthetic_set
+from defectscan.worker.batches import PREFIX
+from defectscan.worker.dev_s3 import DevS3
+from defectscan.worker.registry import Registry
+from defectscan.worker.retrain import RetrainBook, RetrainBusyError, gate
+from defectscan.worker.storage import LocalStorage, S3Storage
 from tests.conftest import start_worker, stop_workers
-from worker.batches import PREFIX
-from worker.dev_s3 import DevS3
-from worker.registry import Registry
-from worker.retrain import RetrainBook, RetrainBusyError, gate
-from worker.storage import LocalStorage, S3Storage
 
 SPEC = SheetSpec(width=1000, height=420, rows=1, cols=2)
 REQUESTS: list[str] = []  # the retrain requests this module made; their Redis state is deleted at the end

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.geometry import iou
-from pipeline.segment import Segmenter
-from pipeline.synth import generate_sheet
+from defectscan.pipeline.geometry import iou
+from defectscan.pipeline.segment import Segmenter
+from defectscan.pipeline.synth import generate_sheet
 from tests.unit.test_segment import SEARCH, _match
 
 

@@ -12,7 +12,7 @@ HEAVY = ("torch", "anomalib", "timm", "lightning", "matplotlib")
 
 RUN = """
 import json, sys
-from producer.cli import cli
+from defectscan.producer.cli import cli
 for args in json.loads(sys.argv[1]):
     try:
         cli.main(args, prog_name="defectscan", standalone_mode=False)
@@ -54,7 +54,7 @@ def test_fast_commands_import_neither_torch_nor_anomalib(tmp_path: Path) -> None
 
 
 def test_importing_the_models_raises_no_third_party_warning() -> None:
-    code = "import pipeline.model, pipeline.inspection, pipeline.pairs"
+    code = "import defectscan.pipeline.model, defectscan.pipeline.inspection, defectscan.pipeline.pairs"
     proc = subprocess.run(
         [sys.executable, "-W", "error::FutureWarning", "-W", "error::DeprecationWarning", "-c", code],
         capture_output=True,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import UnreadableError
-from worker.dev_s3 import DevS3, S3Credentials, free_ports
-from worker.storage import (
+from defectscan.pipeline.errors import UnreadableError
+from defectscan.worker.dev_s3 import DevS3, S3Credentials, free_ports
+from defectscan.worker.storage import (
     BadKeyError,
     LocalStorage,
     S3Settings,
@@ -124,7 +124,7 @@ def test_an_unreachable_store_is_unavailable_not_unreadable(tmp_path: Path) -> N
 def test_dev_s3_command_serves_until_interrupted_and_stops_its_store(tmp_path: Path) -> None:
     data = tmp_path / "s3"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "producer.cli", "dev-s3", str(data), "--bucket", "nightly-images"],
+        [sys.executable, "-m", "defectscan.producer.cli", "dev-s3", str(data), "--bucket", "nightly-images"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -157,7 +157,7 @@ def test_health_and_bucket_ensure_for_containers(
 ) -> None:
     from click.testing import CliRunner
 
-    from producer.cli import cli
+    from defectscan.producer.cli import cli
 
     assert dev_s3.credentials is not None
     for key, value in dev_s3.credentials.env().items():

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.errors import InvalidArgumentError, ModelFormatError
-from pipeline.images import decode_image, encode_png
-from pipeline.model import AnomalyModel, ModelConfig
-from pipeline.model_doc import parse_doc, recalibrated
-from pipeline.operating_point import fit_ok_tail, oracle_escape_rate, rates
-from pipeline.synth import generate_sheet
-from pipeline.threshold_report import report_rows
-from producer.cli import cli
-from worker.registry import Registry
+from defectscan.pipeline.errors import InvalidArgumentError, ModelFormatError
+from defectscan.pipeline.images import decode_image, encode_png
+from defectscan.pipeline.model import AnomalyModel, ModelConfig
+from defectscan.pipeline.model_doc import parse_doc, recalibrated
+from defectscan.pipeline.operating_point import fit_ok_tail, oracle_escape_rate, rates
+from defectscan.pipeline.synth import generate_sheet
+from defectscan.pipeline.threshold_report import report_rows
+from defectscan.producer.cli import cli
+from defectscan.worker.registry import Registry
 
 SMALL = ModelConfig(image_size=64, coreset_ratio=0.1, tta_views=("identity",))
 

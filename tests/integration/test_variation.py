@@ -12,13 +12,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.errors import InvalidArgumentError
-from pipeline.model import AnomalyModel, ModelConfig
-from pipeline.pairs import PairComparer, align
-from pipeline.synth import instance_crops, reference_template, render_instance
-from pipeline.variation import normal_variants
-from producer.cli import cli
-from worker.datasets import read_pairs
+from defectscan.pipeline.errors import InvalidArgumentError
+from defectscan.pipeline.model import AnomalyModel, ModelConfig
+from defectscan.pipeline.pairs import PairComparer, align
+from defectscan.pipeline.synth import instance_crops, reference_template, render_instance
+from defectscan.pipeline.variation import normal_variants
+from defectscan.producer.cli import cli
+from defectscan.worker.datasets import read_pairs
 
 CONFIG = {"image_size": 256, "batch_size": 8, "coreset_ratio": 0.1}
 # a few-pixel colour defect, 3 x 3 crop pixels, inside flat ink: places and colour change (R, G, B)
@@ -135,7 +135,7 @@ def test_fusion_normalises_each_member_on_held_out_ok_crops(
 
 
 def _held(n: int) -> set[int]:
-    from pipeline.model import _holdout_indices
+    from defectscan.pipeline.model import _holdout_indices
 
     return _holdout_indices(n, 0.2)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline import bank_search, networks
-from pipeline.bank_search import BankIndex
-from pipeline.model_config import DEFAULT_LAYERS, LITE2
+from defectscan.pipeline import bank_search, networks
+from defectscan.pipeline.bank_search import BankIndex
+from defectscan.pipeline.model_config import DEFAULT_LAYERS, LITE2
 
 
 def _clustered(count: int, centres: torch.Tensor, spread: float, gen: torch.Generator) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from anomalib.models.components import KCenterGreedy
 
-from pipeline.coreset import k_center_greedy
+from defectscan.pipeline.coreset import k_center_greedy
 
 
 def _clustered(n: int, seed: int) -> torch.Tensor:

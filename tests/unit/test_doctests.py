@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = sorted(
-    ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    "defectscan." + ".".join(path.relative_to(ROOT).with_suffix("").parts)
     for package in ("pipeline", "worker", "producer")
     for path in (ROOT / package).glob("*.py")
     if ">>>" in path.read_text()

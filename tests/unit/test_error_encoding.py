@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from pipeline.errors import DecodeError, DefectscanError, KeyTooLongError, NoMatchError, error_code
-from worker.app import app
-from worker.chunks import ChunkFailedError, WorkerLostError
-from worker.storage import BadKeyError, StorageUnavailableError
+from defectscan.pipeline.errors import DecodeError, DefectscanError, KeyTooLongError, NoMatchError, error_code
+from defectscan.worker.app import app
+from defectscan.worker.chunks import ChunkFailedError, WorkerLostError
+from defectscan.worker.storage import BadKeyError, StorageUnavailableError
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluate import Sample, aupro, auroc, f1_at, pixel_auroc, summarize
+from defectscan.pipeline.evaluate import Sample, aupro, auroc, f1_at, pixel_auroc, summarize
 
 
 def test_auroc_on_raw_scores_outside_unit_range() -> None:

@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.geometry import (
+from defectscan.pipeline.geometry import (
     Pose,
     crop_at_pose,
     inscribed_fraction,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import DecodeError, EmptyFileError, TooLargeError
-from pipeline.images import decode_image, encode_png, to_gray
+from defectscan.pipeline.errors import DecodeError, EmptyFileError, TooLargeError
+from defectscan.pipeline.images import decode_image, encode_png, to_gray
 
 
 def _encode(array: np.ndarray, fmt: str, mode: str | None = None) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,19 @@ FORBIDDEN = {
 }
 
 
+def _root(module: str) -> str:
+    """``defectscan.worker.app`` -> ``worker``; ``celery.app`` -> ``celery``."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "defectscan" and len(parts) > 1 else parts[0]
+
+
 def _imported_roots(path: Path) -> set[str]:
     roots = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            roots |= {alias.name.split(".")[0] for alias in node.names}
+            roots |= {_root(alias.name) for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
+            roots.add(_root(node.module))
     return roots
 
 
@@ -38,7 +45,7 @@ def test_imports_run_one_way(package: str) -> None:
 
 def test_importing_pipeline_loads_no_shell_libraries() -> None:
     code = (
-        "import sys, pipeline.segment, pipeline.synth, pipeline.images, pipeline.geometry;"
+        "import sys, defectscan.pipeline.segment, defectscan.pipeline.synth, defectscan.pipeline.images;"
         "print(sorted(m for m in ('celery','redis','boto3','kombu') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
@@ -46,7 +53,7 @@ def test_importing_pipeline_loads_no_shell_libraries() -> None:
 
 
 def test_every_setting_is_read_in_one_module_and_listed_in_the_readme() -> None:
-    from worker.settings import Settings, env_name
+    from defectscan.worker.settings import Settings, env_name
 
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("## Configuration") :]
@@ -59,3 +66,50 @@ def test_every_setting_is_read_in_one_module_and_listed_in_the_readme() -> None:
         if "os.environ.get(" in path.read_text() or "os.getenv(" in path.read_text()
     ]
     assert readers == []  # only worker/settings.py reads the environment (through pydantic-settings)
+
+
+def test_the_code_imports_its_packages_through_defectscan() -> None:
+    """The repository's folders are importable from the source tree, but only ``defectscan`` is
+    installed: an import of ``pipeline.x`` would work here and fail for every user."""
+    offenders = [
+        path.relative_to(ROOT).as_posix()
+        for folder in ("pipeline", "worker", "producer", "tests", "bench")
+        for path in (ROOT / folder).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").split(".")[0] in FORBIDDEN
+        )
+        or (isinstance(node, ast.Import) and any(a.name.split(".")[0] in FORBIDDEN for a in node.names))
+    ]
+    assert offenders == []
+
+
+def test_the_wheel_installs_one_import_name(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("defectscan-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert tops == {"defectscan"}
+    for package in ("pipeline", "worker", "producer"):  # the folders' modules, as files
+        assert f"defectscan/{package}/__init__.py" in names
+    assert "defectscan/pipeline/model.py" in names and "defectscan/producer/cli.py" in names

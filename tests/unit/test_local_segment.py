@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from producer.local_segment import DetectionRecord, SegmentationRecord, TemplateRecord, crop_sources
+from defectscan.producer.local_segment import (
+    DetectionRecord,
+    SegmentationRecord,
+    TemplateRecord,
+    crop_sources,
+)
 
 
 def _record(image: str, crops: list[str | None]) -> bytes:

@@ -16,9 +16,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from pipeline.backbone import BackboneError, lite2_weights_path, timm_state_dict
-from pipeline.evaluate import auroc
-from pipeline.model import (
+from defectscan.pipeline.backbone import BackboneError, lite2_weights_path, timm_state_dict
+from defectscan.pipeline.evaluate import auroc
+from defectscan.pipeline.model import (
     AnomalyModel,
     ModelConfig,
     ModelFormatError,
@@ -26,8 +26,8 @@ from pipeline.model import (
     calibrate,
     fold_sets,
 )
-from pipeline.model_config import DEFAULT_LAYERS, LITE2, STFPM_LAYERS
-from pipeline.synth import render_instance
+from defectscan.pipeline.model_config import DEFAULT_LAYERS, LITE2, STFPM_LAYERS
+from defectscan.pipeline.synth import render_instance
 
 SMALL = ModelConfig(image_size=96, batch_size=8, coreset_ratio=0.1)  # tiny crops: keep a usable bank
 
@@ -240,7 +240,7 @@ def test_nothing_reaches_the_network() -> None:
 def test_separable_blur_equals_anomalibs_blur() -> None:
     from anomalib.models.components import GaussianBlur2d
 
-    from pipeline.blur import SeparableBlur
+    from defectscan.pipeline.blur import SeparableBlur
 
     full = GaussianBlur2d(sigma=4.0, channels=1)
     fast = SeparableBlur.like(full)
@@ -256,7 +256,7 @@ def test_nearest_neighbour_search_equals_anomalibs() -> None:
     reads the nearest entry of each image's top patch) and maps."""
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-    from pipeline import bank_search, networks
+    from defectscan.pipeline import bank_search, networks
 
     net = networks.build("patchcore", LITE2, DEFAULT_LAYERS).eval()
     gen = torch.Generator().manual_seed(0)
@@ -288,7 +288,7 @@ def test_trimmed_backbone_gives_the_same_features_and_loads_old_models() -> None
     stages (a model saved before trimming) loads."""
     from anomalib.models.components import TimmFeatureExtractor
 
-    from pipeline.backbone import drop_trimmed, load_weights, trim_unused_stages
+    from defectscan.pipeline.backbone import drop_trimmed, load_weights, trim_unused_stages
 
     full = TimmFeatureExtractor(backbone=LITE2, pre_trained=False, layers=["blocks.2", "blocks.4"]).eval()
     load_weights(full.feature_extractor, LITE2)
@@ -322,7 +322,7 @@ def test_stfpm_student_learns_the_teacher_and_flags_defects(
 
 
 def test_stfpm_sample_weight_scales_its_loss(good: list[np.ndarray]) -> None:
-    from pipeline import networks
+    from defectscan.pipeline import networks
 
     net = networks.build("stfpm", LITE2, STFPM_LAYERS)
     model = AnomalyModel(ModelConfig(method="stfpm", image_size=64), net, calibrate([1.0, 1.1]), {})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import InvalidArgumentError
-from pipeline.operating_point import fit_ok_tail, operating_point, oracle_escape_rate, rates
+from defectscan.pipeline.errors import InvalidArgumentError
+from defectscan.pipeline.operating_point import fit_ok_tail, operating_point, oracle_escape_rate, rates
 
 
 @pytest.mark.parametrize("target", [0.01, 0.05])

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 
-from pipeline.images import decode_image
-from pipeline.inspection import Inspection
-from pipeline.outputs import OutputOptions, finish
-from pipeline.verdict import ImageInfo, Instance, ModelInfo, Verdict
+from defectscan.pipeline.images import decode_image
+from defectscan.pipeline.inspection import Inspection
+from defectscan.pipeline.outputs import OutputOptions, finish
+from defectscan.pipeline.verdict import ImageInfo, Instance, ModelInfo, Verdict
 
 
 def _inspection() -> Inspection:

@@ -6,10 +6,18 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.images import encode_png
-from pipeline.model import AnomalyModel, ModelConfig
-from pipeline.regions import BACKGROUND, EDGE, INTERIOR, TEXT, from_png_rgb, region_map, structure_mask
-from pipeline.synth import reference_template, text_box
+from defectscan.pipeline.images import encode_png
+from defectscan.pipeline.model import AnomalyModel, ModelConfig
+from defectscan.pipeline.regions import (
+    BACKGROUND,
+    EDGE,
+    INTERIOR,
+    TEXT,
+    from_png_rgb,
+    region_map,
+    structure_mask,
+)
+from defectscan.pipeline.synth import reference_template, text_box
 
 
 def _box_mask(shape: tuple[int, ...], box: tuple[int, int, int, int], grow: int = 0) -> np.ndarray:

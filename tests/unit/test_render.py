@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.defect_mask import TYPE_COLOURS, TYPES, colour_mask, type_areas, type_mask
-from pipeline.render import label_defects
-from pipeline.verdict import Defect
+from defectscan.pipeline.defect_mask import TYPE_COLOURS, TYPES, colour_mask, type_areas, type_mask
+from defectscan.pipeline.render import label_defects
+from defectscan.pipeline.verdict import Defect
 
 
 def test_a_caption_is_drawn_just_above_its_corner_and_nowhere_else() -> None:

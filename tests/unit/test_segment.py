@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import InvalidArgumentError, TooSmallError
-from pipeline.geometry import Pose, iou, placement_matrix, pose_corners
-from pipeline.images import to_gray
-from pipeline.segment import Detection, Segmenter, SegmentOptions, parse_range
-from pipeline.synth import TEMPLATE_HEIGHT, TEMPLATE_WIDTH, Sheet, SheetInstance
+from defectscan.pipeline.errors import InvalidArgumentError, TooSmallError
+from defectscan.pipeline.geometry import Pose, iou, placement_matrix, pose_corners
+from defectscan.pipeline.images import to_gray
+from defectscan.pipeline.segment import Detection, Segmenter, SegmentOptions, parse_range
+from defectscan.pipeline.synth import TEMPLATE_HEIGHT, TEMPLATE_WIDTH, Sheet, SheetInstance
 
 SEARCH = SegmentOptions(angles=parse_range("-5:5:1"), scales=parse_range("0.95:1.05:0.05"))
 

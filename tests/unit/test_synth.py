@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import synth
-from pipeline.images import decode_image, to_gray
-from pipeline.synth import (
+from defectscan.pipeline import synth
+from defectscan.pipeline.images import decode_image, to_gray
+from defectscan.pipeline.synth import (
     DEFECT_TYPES,
     TEMPLATE_HEIGHT,
     TEMPLATE_WIDTH,
@@ -21,8 +21,8 @@ from pipeline.synth import (
     reference_template,
     render_instance,
 )
-from producer.synth_files import write_synthetic_set
-from worker.storage import LocalStorage
+from defectscan.producer.synth_files import write_synthetic_set
+from defectscan.worker.storage import LocalStorage
 
 
 def test_same_seed_same_sheet_other_index_other_sheet() -> None:

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import tta
+from defectscan.pipeline import tta
 
 
 @settings(max_examples=30, deadline=None)

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from defectscan.worker.app import app
+from celery import Celery
 
 BIN = Path(sys.executable).parent / "defectscan"
 
@@ -62,10 +62,13 @@ def test_local_cluster_runs_the_distributed_path_and_stops_everything(tmp_path: 
             [str(BIN), "health"], env={**os.environ, **env}, capture_output=True, text=True, timeout=60
         )
         assert health.returncode == 0 and health.stdout.strip() == "healthy", health.stderr
-        app.conf.broker_url = env["DEFECTSCAN_BROKER_URL"]  # the worker answers on the cluster's broker
+        probe = Celery("probe", broker=env["DEFECTSCAN_BROKER_URL"])  # not the shared app: its pool stays
         replies: list[object] = []
-        while not replies and time.monotonic() < deadline:
-            replies = app.control.ping(timeout=2.0) or []
+        try:
+            while not replies and time.monotonic() < deadline:
+                replies = probe.control.ping(timeout=2.0) or []
+        finally:
+            probe.close()
         assert replies, (directory / "worker.log").read_text()[-3000:]
         started = _descendants(proc.pid)
         assert len(started) >= 4  # broker, S3 store, worker and its pool

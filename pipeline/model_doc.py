@@ -90,18 +90,14 @@ def recalibrated(
     names the old one), so a batch that pinned the old version keeps its verdicts."""
     if (target_frr is None) == (value is None):
         raise InvalidArgumentError("threshold", "give exactly one of --target-frr and --value")
-    if target_frr is not None and not 0 < target_frr < 0.5:
-        raise InvalidArgumentError("--target-frr", "must be in (0, 0.5)")
-    stored = doc.get("calibration_scores")
-    ok = stored.get("ok") if isinstance(stored, dict) else None
+    stored = doc.get("calibration_scores") or {}  # the target's range: operating_point checks it
+    ok = stored.get("ok")
     if not ok:
         raise ModelFormatError(
             str(doc.get("version")),
             "keeps no out-of-sample OK scores (trained by an older release): retrain it",
         )
-    defects = stored.get("defects") or [] if isinstance(stored, dict) else []
-    old = read_calibration(doc)
-    cal = calibrate(ok, defects, target_frr, old.folds, value)
+    cal = calibrate(ok, stored.get("defects") or [], target_frr, read_calibration(doc).folds, value)
     created = datetime.now(UTC).replace(microsecond=0)
     config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
     return {

@@ -131,7 +131,7 @@ def main() -> None:
 
             torch.set_num_threads(args.threads)
         model = AnomalyModel.load(model_dir)
-        info = ModelInfo(product="foil", version=str(model.meta["version"]), method=model.config.method)
+        info = ModelInfo(product="foil", version=str(model.version), method=model.config.method)
         items = [(key, local_in / key) for key in keys]
 
         def inspect(data: bytes, key: str) -> Inspection:

@@ -22,7 +22,6 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from statistics import NormalDist
 
@@ -94,7 +93,7 @@ def main() -> None:
         train, good, bad = load(root, args.train_count)
     config = ModelConfig(image_size=args.image_size)
     start = time.perf_counter()
-    holdout = AnomalyModel.fit(train, replace(config, folds=0))
+    holdout = AnomalyModel.fit(train, config.changed(folds=0))
     holdout_s = time.perf_counter() - start
     start = time.perf_counter()
     model = AnomalyModel.fit(train, config)

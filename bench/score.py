@@ -85,7 +85,7 @@ def searched_share(model: AnomalyModel, images: list[np.ndarray]) -> float:
     net = model.net
     assert isinstance(net, BankPatchcore)
     with torch.no_grad():
-        features = net.feature_extractor(model._normalise(model._preprocess(images)))
+        features = net.feature_extractor(model.scorer.normalise(model.scorer.pixels(images)))
         pooled = {layer: net.feature_pooler(feature) for layer, feature in features.items()}
         embedding = net.reshape_embedding(net.generate_embedding(pooled))
     return net._bank_index().searched_fraction(embedding)
@@ -97,9 +97,9 @@ def fit_in_child(train: int, coreset: float, out: str, data: Path | None) -> Non
     images = training_images(train, data)
     start = time.perf_counter()
     model = AnomalyModel.fit(images, ModelConfig(coreset_ratio=coreset, tta_views=("identity",)))
-    model.meta["fit_s"] = time.perf_counter() - start
+    model.record.timings_s = {"fit": time.perf_counter() - start}
     model.save(out)
-    Path(out, "fit_s").write_text(str(model.meta["fit_s"]))
+    Path(out, "fit_s").write_text(str(model.record.timings_s["fit"]))
 
 
 def engine_predict(model: AnomalyModel, images: list[np.ndarray], work: Path) -> float:
@@ -142,10 +142,10 @@ def coreset_agreement(train: list[np.ndarray], test: list[np.ndarray]) -> dict[s
     from anomalib.models.components import KCenterGreedy
     from scipy.stats import spearmanr
 
-    from defectscan.pipeline.model import _holdout_indices
+    from defectscan.pipeline.training_set import holdout_indices
 
     model = AnomalyModel.fit(train, ModelConfig(coreset_ratio=0.1, tta_views=("identity",)))
-    held = _holdout_indices(len(train), model.config.holdout)
+    held = holdout_indices(len(train), model.config.holdout)
     used = [img for i, img in enumerate(train) if i not in held]
     net = model.net
     with torch.no_grad():
@@ -160,7 +160,7 @@ def coreset_agreement(train: list[np.ndarray], test: list[np.ndarray]) -> dict[s
     exact_s = time.perf_counter() - start
     exact_net = copy.deepcopy(net)
     exact_net.memory_bank = embeddings[torch.as_tensor(idx)].contiguous()
-    exact = AnomalyModel(model.config, exact_net, model.calibration, model.meta)
+    exact = AnomalyModel(model.config, exact_net, model.calibration, model.record)
     a = np.array([r.score for r in model.score(test, use_tta=False)])
     b = np.array([r.score for r in exact.score(test, use_tta=False)])
     return {
@@ -222,7 +222,9 @@ def main() -> None:
         }
         print(f"fit, {args.train} crops, 1 % coreset: {one_fit_s:.1f} s; with 4 views: {four_fit_s:.1f} s")
         model = one
-        batches = [model._normalise(model._preprocess(test[i : i + 8])) for i in range(0, len(test), 8)]
+        batches = [
+            model.scorer.normalise(model.scorer.pixels(test[i : i + 8])) for i in range(0, len(test), 8)
+        ]
         extractor = model.net.feature_extractor
 
         def floor() -> None:

@@ -64,7 +64,7 @@ def speed(sheets: int, seed: int) -> dict[str, float]:
     """Median seconds per sheet for the pyramid and the full-resolution search, timed alternately."""
     options = SegmentOptions(angles=parse_range(ANGLES), scales=parse_range(SCALES))
     pyramid = Segmenter(reference_template(), options)
-    full = Segmenter(reference_template(), SegmentOptions(**{**options.__dict__, "pyramid": False}))
+    full = Segmenter(reference_template(), SegmentOptions(**{**options.model_dump(), "pyramid": False}))
     warm = generate_sheet(seed, 10_000, 0.25).image
     pyramid.find(warm)  # fill both template caches before timing
     full.find(warm)

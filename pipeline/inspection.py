@@ -112,7 +112,7 @@ def inspect_image(
 ) -> Inspection:
     """Inspect one encoded image with a trained model (and a template's segmenter, if any). A failure is
     the image's ``error`` verdict, except exceptions of the ``passes`` types, which are raised on."""
-    info = ModelInfo(product=product, version=_str(model.meta.get("version")), method=model.config.method)
+    info = ModelInfo(product=product, version=model.version, method=model.config.method)
 
     def body(rgb: NDArray[np.uint8], clock: _Clock) -> Inspection:
         height, width = rgb.shape[:2]
@@ -292,7 +292,3 @@ def _worst(defects: list[Defect], levels: tuple[float, float, float] | None = No
         return {"defects": [], "severity": 0.0, "level": "none"}
     worst = max(d.severity for d in defects)
     return {"defects": defects, "severity": worst, "level": level_of(worst, *([levels] if levels else []))}
-
-
-def _str(value: object) -> str | None:
-    return None if value is None else str(value)

@@ -8,62 +8,54 @@ were given, the escapes at the threshold.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from defectscan.pipeline.model_doc import ModelDoc
 
-def model_card(doc: Mapping[str, Any]) -> str:
-    config = _mapping(doc.get("config"))
-    training = _mapping(doc.get("training"))
-    cal = _mapping(doc.get("calibration"))
+
+def model_card(doc: ModelDoc) -> str:
+    config, training, cal = doc.config, doc.training, doc.calibration
     lines = [
-        f"# Model {doc.get('version', '?')}",
+        f"# Model {doc.version}",
         "",
-        f"* Method: {config.get('method')} on {config.get('backbone')} "
-        f"(layers {', '.join(map(str, config.get('layers') or []))}), image size {config.get('image_size')}, "
-        f"TTA {', '.join(map(str, config.get('tta_views') or []))} ({config.get('tta_reduce')})",
-        f"* Created: {doc.get('created_at')}; colour mode {doc.get('colour_mode', 'rgb')}",
+        f"* Method: {config.method} on {config.backbone} (layers {', '.join(config.layers)}), image size "
+        f"{config.image_size}, TTA {', '.join(config.tta_views)} ({config.tta_reduce})",
+        f"* Created: {doc.created_at}; colour mode {doc.colour_mode}",
         f"* Training: {training.get('ok_count', '?')} OK images, {_scored(training)}",
     ]
-    if doc.get("derived_from"):
-        lines.append(f"* Derived from {doc['derived_from']}: the same weights, a new operating point")
-    lines += ["", "## Operating point", "", f"* Threshold: {_num(cal.get('threshold'))} ({cal.get('rule')})"]
-    if cal.get("expected_frr") is not None:
-        interval = cal.get("frr_interval")
-        low, high = interval if isinstance(interval, list | tuple) else (None, None)
-        target = cal.get("target_frr")
+    if doc.derived_from:
+        lines.append(f"* Derived from {doc.derived_from}: the same weights, a new operating point")
+    lines += ["", "## Operating point", "", f"* Threshold: {_num(cal.threshold)} ({cal.rule})"]
+    if cal.expected_frr is not None:
+        low, high = cal.frr_interval or (None, None)
         lines.append(
-            f"* False-reject rate: expected {_pct(cal['expected_frr'])} (90 % interval {_pct(low)} to "
-            f"{_pct(high)})" + (f" for a target of {_pct(target)}" if target is not None else "")
+            f"* False-reject rate: expected {_pct(cal.expected_frr)} (90 % interval {_pct(low)} to "
+            f"{_pct(high)})"
+            + (f" for a target of {_pct(cal.target_frr)}" if cal.target_frr is not None else "")
         )
-        above = f"{cal.get('ok_rejected')} of {cal.get('ok_count')}"
-        lines.append(f"* Out-of-sample OK images above the threshold: {above}")
+        lines.append(f"* Out-of-sample OK images above the threshold: {cal.ok_rejected} of {cal.ok_count}")
     else:
-        lines.append(f"* Held-out OK images: {cal.get('ok_count')} (mean {_num(cal.get('ok_mean'))})")
-    summary = _mapping(training.get("ok_scores"))
-    if summary:
+        lines.append(f"* Held-out OK images: {cal.ok_count} (mean {_num(cal.ok_mean)})")
+    summary = training.get("ok_scores")
+    if isinstance(summary, dict) and summary:
         stats = ", ".join(f"{k} {_num(v)}" for k, v in summary.items())
         lines.append(f"* Out-of-sample OK scores: {stats}")
-    defects = cal.get("defect_count") or 0
-    escapes = cal.get("escapes")
-    if defects and escapes is not None:
-        rate = int(escapes) / int(defects)
-        lines.append(f"* Labelled defects: {escapes} of {defects} escape at this threshold ({_pct(rate)})")
-    elif defects:
-        lines.append(f"* Labelled defects: {defects} (threshold by F1: {_num(cal.get('f1'))})")
+    if cal.defect_count and cal.escapes is not None:
+        rate = cal.escapes / cal.defect_count
+        lines.append(
+            f"* Labelled defects: {cal.escapes} of {cal.defect_count} escape at this threshold ({_pct(rate)})"
+        )
+    elif cal.defect_count:
+        lines.append(f"* Labelled defects: {cal.defect_count} (threshold by F1: {_num(cal.f1)})")
     else:
         lines.append("* Labelled defects: none given, so the escape rate is not known")
     return "\n".join(lines) + "\n"
 
 
-def _scored(training: Mapping[str, Any]) -> str:
+def _scored(training: dict[str, Any]) -> str:
     if training.get("out_of_fold"):
         return f"each scored out of fold ({training['out_of_fold']} scores)"
     return f"{training.get('held_out', 0)} held out for calibration"
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
 
 
 def _num(value: object) -> str:

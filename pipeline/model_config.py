@@ -6,7 +6,9 @@ model's document start fast; the modules that run networks import these names fr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from defectscan.pipeline.errors import InvalidArgumentError
 
@@ -47,9 +49,11 @@ def tta_defaults(method: str) -> tuple[str, ...]:
     return ("identity",) if method == "variation" else DEFAULT_VIEWS
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything that builds and runs a model; stored in ``model.json``."""
+class ModelConfig(BaseModel):
+    """Everything that builds and runs a model; stored in ``model.json`` (lists in JSON, tuples here).
+    Empty ``layers`` and ``tta_views`` take the method's defaults; :meth:`changed` makes a checked copy."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
 
     method: str = "patchcore"
     backbone: str = LITE2
@@ -81,20 +85,30 @@ class ModelConfig:
     target_frr: float = 0.01
     folds: int = 5
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise InvalidArgumentError("--method", f"{self.method!r} is not one of {', '.join(METHODS)}")
-        if not self.layers:
-            object.__setattr__(self, "layers", default_layers(self.method.split("+")[0]))
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        """The method is checked first: the default layers and views follow from it."""
+        if not isinstance(data, dict):
+            return data
+        method = data.get("method", "patchcore")
+        if method not in METHODS:
+            raise InvalidArgumentError("--method", f"{method!r} is not one of {', '.join(METHODS)}")
+        filled = dict(data)
+        if not filled.get("layers"):
+            filled["layers"] = default_layers(method.split("+")[0])
+        if not filled.get("tta_views"):
+            filled["tta_views"] = tta_defaults(method)
+        return filled
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
         if not 32 <= self.image_size <= 1024 or self.image_size % 32:
             raise InvalidArgumentError("--image-size", "must be a multiple of 32 from 32 to 1024")
         if not 0 < self.coreset_ratio <= 1:
             raise InvalidArgumentError("coreset_ratio", "must be in (0, 1]")
         if not 0 <= self.holdout < 1:
             raise InvalidArgumentError("holdout", "must be in [0, 1)")
-        if not self.tta_views:
-            object.__setattr__(self, "tta_views", tta_defaults(self.method))
-        object.__setattr__(self, "tta_views", check_views(self.tta_views))
         if self.method == "variation" and set(self.tta_views) & set(GEOMETRIC[1:]):
             raise InvalidArgumentError("--tta", "variation compares aligned pixels: no flipped views")
         if not 0 < self.tolerance_abs <= 1 or self.tolerance_rel < 0 or not 0 <= self.search_px <= 8:
@@ -107,6 +121,19 @@ class ModelConfig:
             raise InvalidArgumentError("--target-frr", "must be in (0, 0.5)")
         if self.folds == 1 or self.folds < 0:
             raise InvalidArgumentError("--folds", "must be 0 (a holdout) or at least 2")
+        return self
+
+    @field_validator("tta_views", mode="after")
+    @classmethod
+    def _views(cls, views: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            return check_views(views)
+        except ValueError as exc:
+            raise InvalidArgumentError("--tta", str(exc)) from None
+
+    def changed(self, **updates: Any) -> ModelConfig:
+        """A copy with ``updates``, checked as a new config is."""
+        return ModelConfig.model_validate({**self.model_dump(), **updates})
 
     @property
     def out_of_fold(self) -> bool:

@@ -1,185 +1,130 @@
-"""A model's document, ``model.json``: its calibration (the threshold rules), reading, writing, and a new
-operating point for the same weights. No torch here: commands that only read or rewrite a model's
-document (``defectscan threshold``, ``models list``) stay light.
+"""A model's document, ``model.json``, as pydantic models: :class:`ModelDoc` (config, preprocessing,
+calibration with the out-of-sample scores it came from, training-set summary, created_at, version), and
+the document operations that need no files: a new version id, and :func:`recalibrated`.
 
-**Threshold rules** (:func:`calibrate`). From out-of-sample OK scores (every OK image scored out of fold
-for PatchCore, a holdout otherwise): the operating point for ``target_frr`` (:mod:`pipeline.operating_point`:
-a robust Gumbel tail, with the expected false-reject rate and its interval, and the escapes of labelled
-defects at it); a threshold given by hand, with what it costs on those scores; or, for models without
-a target, ``mean + 3 std`` of the held-out scores but at least their maximum, or, with labelled defects,
-the threshold with the best F1.
-
-**Document.** ``model.json`` keeps the out-of-sample scores (``calibration_scores``: OK, and labelled
-defects), so :func:`recalibrated` moves the operating point without retraining: the result is a new
-version of the same weights (``derived_from`` names the old one). It is written whole (a temporary file
-renamed over it), with the model card (:mod:`pipeline.model_card`) beside it.
+``model.json`` keeps the out-of-sample scores (``calibration_scores``), so :func:`recalibrated` moves
+the operating point without retraining: the result is a new version of the same weights
+(``derived_from`` names the old one), so a batch that pinned the old version keeps its verdicts. Fields
+this release does not know are kept when a document is rewritten. Reading and writing the files is
+:mod:`pipeline.saved_model`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
-from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
 
+from defectscan.pipeline.calibration import Calibration, calibrate
 from defectscan.pipeline.errors import InvalidArgumentError, ModelFormatError
-from defectscan.pipeline.model_card import model_card
-from defectscan.pipeline.operating_point import RULE, TAIL, operating_point, point_at
+from defectscan.pipeline.model_config import ModelConfig
 
-SCHEMA = "defectscan.model/1"
-
-
-@dataclass(frozen=True)
-class Calibration:
-    threshold: float
-    rule: str
-    ok_mean: float
-    ok_std: float
-    ok_count: int
-    defect_count: int = 0
-    f1: float | None = None
-    target_frr: float | None = None  # the operating point's fields (pipeline.operating_point)
-    expected_frr: float | None = None
-    frr_interval: tuple[float, float] | None = None
-    ok_rejected: int | None = None  # out-of-sample OK images above the threshold
-    escapes: int | None = None  # labelled defect crops at or below it
-    folds: int = 0
+SCHEMA: Literal["defectscan.model/1"] = "defectscan.model/1"
 
 
-MODEL_JSON = "model.json"
-MODEL_CARD = "MODEL_CARD.md"
+class CalibrationScores(BaseModel):
+    """The out-of-sample scores a threshold was set from: OK images, and labelled defects."""
+
+    ok: list[float] = []
+    defects: list[float] = []
 
 
-def parse_doc(data: bytes, where: str) -> dict[str, Any]:
-    """A ``model.json`` read and checked (its schema), wherever it was stored."""
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(where, f"not JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        schema = doc.get("schema") if isinstance(doc, dict) else None
-        raise ModelFormatError(where, f"schema {schema!r} is not {SCHEMA}")
-    return doc
+class Preprocessing(BaseModel):
+    """What scoring does to a crop before the network (for readers of the document; the config rules)."""
+
+    resize: tuple[int, int]
+    scale: float = 1 / 255
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
 
-def doc_bytes(doc: dict[str, Any]) -> bytes:
-    """``model.json`` as written (the one serialisation of a model's document)."""
-    return (json.dumps(doc, indent=2, default=_json_default) + "\n").encode()
+class TtaRecord(BaseModel):
+    views: tuple[str, ...]
+    reduce: str
 
 
-def write_doc(directory: Path, doc: dict[str, Any]) -> None:
-    """Write ``model.json`` whole (a temporary file renamed over it) and the model card beside it."""
-    (directory / MODEL_CARD).write_text(model_card(doc))
-    temporary = directory / f".{MODEL_JSON}.{secrets.token_hex(4)}"
-    temporary.write_bytes(doc_bytes(doc))
-    temporary.replace(directory / MODEL_JSON)
+class ModelRecord(BaseModel):
+    """What a training learnt about its data and kept with the model."""
+
+    model_config = ConfigDict(extra="allow")  # a newer release's fields survive a rewrite
+
+    training: dict[str, Any] = {}
+    reference_size: tuple[int, int] | None = None
+    colour_mode: Literal["gray", "rgb"] = "rgb"
+    timings_s: dict[str, float] = {}
+    calibration_scores: CalibrationScores = CalibrationScores()
 
 
-def recalibrated(
-    doc: dict[str, Any], target_frr: float | None = None, value: float | None = None
-) -> dict[str, Any]:
-    """A model's document with a new operating point, set from the out-of-sample scores it keeps, for
-    ``target_frr`` or at the threshold ``value``: a new version of the same weights (``derived_from``
-    names the old one), so a batch that pinned the old version keeps its verdicts."""
-    if (target_frr is None) == (value is None):
-        raise InvalidArgumentError("threshold", "give exactly one of --target-frr and --value")
-    stored = doc.get("calibration_scores") or {}  # the target's range: operating_point checks it
-    ok = stored.get("ok")
-    if not ok:
-        raise ModelFormatError(
-            str(doc.get("version")),
-            "keeps no out-of-sample OK scores (trained by an older release): retrain it",
-        )
-    cal = calibrate(ok, stored.get("defects") or [], target_frr, read_calibration(doc).folds, value)
-    created = datetime.now(UTC).replace(microsecond=0)
-    config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
-    return {
-        **doc,
-        "version": new_version_id(created, {"training": doc.get("training", {})}, config),
-        "created_at": created.isoformat().replace("+00:00", "Z"),
-        "derived_from": doc.get("version"),
-        "calibration": asdict(cal),
+class ModelDoc(ModelRecord):
+    """``model.json``."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, protected_namespaces=())
+
+    schema_: Literal["defectscan.model/1"] = Field(SCHEMA, alias="schema")
+    version: str
+    created_at: str
+    derived_from: str | None = None
+    config: ModelConfig
+    preprocessing: Preprocessing
+    tta: TtaRecord
+    calibration: Calibration
+    score: dict[str, str] = {
+        "image": "max of the anomaly map",
+        "normalized": "sigmoid((score - threshold) / ok_std)",
     }
 
-
-def read_calibration(doc: dict[str, Any]) -> Calibration:
-    saved = dict(doc["calibration"])
-    if saved.get("frr_interval") is not None:
-        saved["frr_interval"] = tuple(saved["frr_interval"])
-    return Calibration(**saved)
-
-
-def calibrate(
-    ok_scores: Sequence[float],
-    defect_scores: Sequence[float] = (),
-    target_frr: float | None = None,
-    folds: int = 0,
-    value: float | None = None,
-) -> Calibration:
-    """The threshold rules from the module docstring: the operating point for ``target_frr`` from
-    out-of-sample OK scores, a threshold ``value`` given by hand (with what it costs on those scores),
-    or (both None) the holdout rules."""
-    ok = np.asarray(ok_scores, dtype=np.float64)
-    if ok.size == 0:
-        raise InvalidArgumentError("holdout", "calibration needs held-out OK images (holdout > 0)")
-    mean, std = float(ok.mean()), float(ok.std(ddof=1)) if ok.size > 1 else 0.0
-    std = max(std, 1e-6 * max(abs(mean), 1.0))
-    if target_frr is not None or value is not None:
-        if value is not None:
-            point = point_at(ok, value, defect_scores)
-            rule = f"set by hand (--value); expected false-reject rate from the {TAIL}"
-        else:
-            point = operating_point(ok, target_frr or 0.0, defect_scores)
-            rule = f"{RULE} ({f'{folds} folds' if folds else 'holdout'})"
-        return Calibration(
-            point.threshold,
-            rule,
-            mean,
-            std,
-            point.ok_count,
-            point.defect_count,
-            target_frr=point.target_frr,
-            expected_frr=point.expected_frr,
-            frr_interval=point.frr_interval,
-            ok_rejected=point.ok_rejected,
-            escapes=point.escapes if point.defect_count else None,
-            folds=folds,
+    @classmethod
+    def build(
+        cls,
+        config: ModelConfig,
+        calibration: Calibration,
+        record: ModelRecord,
+        normalisation: tuple[Sequence[float], Sequence[float]],
+        version: str | None = None,
+    ) -> ModelDoc:
+        """A new document (a new version id unless ``version`` is given), created now."""
+        created = datetime.now(UTC).replace(microsecond=0)
+        size = config.image_size
+        return cls(
+            **record.model_dump(),
+            version=version or new_version_id(created, record.training.get("sha256", ""), config),
+            created_at=_timestamp(created),
+            config=config,
+            preprocessing=Preprocessing(resize=(size, size), mean=normalisation[0], std=normalisation[1]),
+            tta=TtaRecord(views=config.tta_views, reduce=config.tta_reduce),
+            calibration=calibration,
         )
-    if len(defect_scores) == 0:
-        threshold = max(mean + 3 * std, float(ok.max()))
-        return Calibration(threshold, "ok-holdout: max(mean + 3 std, max)", mean, std, int(ok.size))
-    bad = np.asarray(defect_scores, dtype=np.float64)
-    threshold, f1 = f1_optimal_threshold(ok, bad)
-    return Calibration(
-        threshold,
-        "f1-optimal over held-out OK and labelled defects",
-        mean,
-        std,
-        int(ok.size),
-        int(bad.size),
-        f1,
+
+    def record(self) -> ModelRecord:
+        """The training's part of the document."""
+        own = set(ModelDoc.model_fields) - set(ModelRecord.model_fields)
+        return ModelRecord.model_validate(self.model_dump(exclude=own))
+
+
+def recalibrated(doc: ModelDoc, target_frr: float | None = None, value: float | None = None) -> ModelDoc:
+    """A model's document with a new operating point, set from the out-of-sample scores it keeps, for
+    ``target_frr`` or at the threshold ``value``: a new version of the same weights."""
+    if (target_frr is None) == (value is None):
+        raise InvalidArgumentError("threshold", "give exactly one of --target-frr and --value")
+    stored = doc.calibration_scores  # the target's range: operating_point checks it
+    if not stored.ok:
+        raise ModelFormatError(
+            doc.version, "keeps no out-of-sample OK scores (trained by an older release): retrain it"
+        )
+    cal = calibrate(stored.ok, stored.defects, target_frr, doc.calibration.folds, value)
+    created = datetime.now(UTC).replace(microsecond=0)
+    return doc.model_copy(
+        update={
+            "version": new_version_id(created, doc.training.get("sha256", ""), doc.config),
+            "created_at": _timestamp(created),
+            "derived_from": doc.version,
+            "calibration": cal,
+        }
     )
-
-
-def f1_optimal_threshold(ok: NDArray[np.float64], bad: NDArray[np.float64]) -> tuple[float, float]:
-    """The threshold (midway between neighbouring scores) with the best F1 for 'defect' as positive."""
-    scores = np.concatenate([ok, bad])
-    labels = np.concatenate([np.zeros(ok.size), np.ones(bad.size)])
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], labels[order]
-    tp = np.cumsum(y)
-    fp = np.cumsum(1 - y)
-    f1 = 2 * tp / (tp + fp + y.sum())
-    best = int(np.argmax(f1))
-    below = s[best + 1] if best + 1 < s.size else s[best] - 1e-6
-    return float((s[best] + below) / 2), float(f1[best])
 
 
 def rounded(scores: Sequence[float]) -> list[float]:
@@ -187,18 +132,12 @@ def rounded(scores: Sequence[float]) -> list[float]:
     return [float(f"{s:.7g}") for s in scores]
 
 
-def new_version_id(created: datetime, meta: dict[str, Any], recipe: object) -> str:
+def new_version_id(created: datetime, data_hash: object, recipe: ModelConfig) -> str:
     """``<UTC time to the second>-<6 hex>``: sorts by time; two trainings in the same second differ."""
-    training = meta.get("training", {})
-    data_hash = training.get("sha256", "") if isinstance(training, dict) else ""
     salt = secrets.token_hex(8)  # two trainings in the same second on the same data still differ
-    digest = hashlib.sha256(f"{data_hash}{recipe}{created.isoformat()}{salt}".encode()).hexdigest()[:6]
-    return f"{created.strftime('%Y%m%dT%H%M%SZ')}-{digest}"
+    text = f"{data_hash}{recipe.model_dump_json()}{created.isoformat()}{salt}"
+    return f"{created.strftime('%Y%m%dT%H%M%SZ')}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def _timestamp(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

@@ -31,6 +31,7 @@ from defectscan.pipeline.backbone import load_weights, normalization
 from defectscan.pipeline.errors import InvalidArgumentError
 from defectscan.pipeline.images import to_gray
 from defectscan.pipeline.model_config import LITE2, VARIATION_LAYERS
+from defectscan.pipeline.preprocess import pixel_batch
 from defectscan.pipeline.variation import VariationNet
 
 
@@ -94,15 +95,10 @@ class PairComparer:
         self.net = net.eval()
         load_weights(self.net.feature_extractor.feature_extractor, backbone, backbone_weights)
 
-    def _tensor(self, images: list[NDArray[np.uint8]]) -> torch.Tensor:
-        size = (self.image_size, self.image_size)
-        resized = [cv2.resize(img, size, interpolation=cv2.INTER_AREA) for img in images]
-        return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float() / 255.0
-
     @torch.no_grad()
     def compare(self, image: NDArray[np.uint8], template: NDArray[np.uint8]) -> PairResult:
         warped, aligned, warp = align(image, template)
-        batch = self._tensor([warped, image])
+        batch = pixel_batch([warped, image], self.image_size, torch.device("cpu"))
         net = self.net
         net.mu = batch[:1]
         net.spread_up = torch.zeros_like(net.mu)

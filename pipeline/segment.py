@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from defectscan.pipeline.errors import InvalidArgumentError, TooSmallError
 from defectscan.pipeline.geometry import (
@@ -72,9 +73,11 @@ def parse_range(text: str, name: str = "range") -> tuple[float, ...]:
     return values
 
 
-@dataclass(frozen=True)
-class SegmentOptions:
-    """How to search. ``angles`` in degrees, ``scales`` as factors of the template's size."""
+class SegmentOptions(BaseModel):
+    """How to search. ``angles`` in degrees, ``scales`` as factors of the template's size. Stored in a
+    batch's ``batch.json`` (lists in JSON, tuples here)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     angles: tuple[float, ...] = parse_range("-5:5:1")
     scales: tuple[float, ...] = (1.0,)
@@ -84,7 +87,8 @@ class SegmentOptions:
     pyramid: bool = True
     min_coarse_side: int = 40
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> SegmentOptions:
         if not self.angles or not self.scales:
             raise InvalidArgumentError("options", "angles and scales need at least one value each")
         if min(self.scales) <= 0:
@@ -95,6 +99,7 @@ class SegmentOptions:
             raise InvalidArgumentError("min_score", "must be in (0, 1]")
         if self.max_instances < 1:
             raise InvalidArgumentError("max_instances", "must be at least 1")
+        return self
 
 
 @dataclass(frozen=True)

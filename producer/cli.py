@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
+from defectscan.pipeline.calibration import Calibration
 from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
 from defectscan.pipeline.images import decode_image, encode_png
 from defectscan.pipeline.model_config import LITE2, METHODS, ModelConfig
-from defectscan.pipeline.model_doc import Calibration
 from defectscan.pipeline.outputs import OutputOptions
 from defectscan.pipeline.segment import Segmenter
 from defectscan.pipeline.verdict import ModelInfo, Verdict
@@ -236,13 +236,13 @@ def train(
         groups=[sources.get(name, name) for name in ok.names] if sources else (),
     )
     fit_s = round(time.perf_counter() - start, 2)
-    model.meta["timings_s"] = {"fit": fit_s}
+    model.record.timings_s = {"fit": fit_s}
     model.save(out)
     cal = model.calibration
     click.echo(
         f"trained {method} on {len(ok.images)} OK images ({len(ok.skipped)} skipped) in "
         f"{fit_s} s; threshold {cal.threshold:.4g} ({cal.rule}); {_operating_point(cal)}"
-        f"version {model.meta['version']}; saved to {out}"
+        f"version {model.version}; saved to {out}"
     )
 
 
@@ -390,7 +390,7 @@ def inspect(
         def run(data: bytes, key: str) -> Inspection:
             return inspect_image(data, key, model, segmenter, product, min_area, max_pixels)
 
-        info = ModelInfo(product=product, version=str(model.meta.get("version")), method=model.config.method)
+        info = ModelInfo(product=product, version=str(model.version), method=model.config.method)
     with progress_bar(len(items), "inspect") as bar:
 
         def report(key: str, verdict: Verdict) -> None:

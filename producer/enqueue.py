@@ -164,7 +164,7 @@ def enqueue_batch(
             template,
             chunk,
             product=product,
-            segment=BatchSpec.segment_dict(segment or SegmentOptions()),
+            segment=segment or SegmentOptions(),
             min_area=min_area,
             outputs=outputs or OutputOptions(),
             max_pixels=max_pixels,

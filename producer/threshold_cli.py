@@ -9,8 +9,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from defectscan.pipeline.model_card import model_card
-from defectscan.pipeline.model_doc import MODEL_CARD, MODEL_JSON, doc_bytes, read_calibration, recalibrated
+from defectscan.pipeline.model_doc import recalibrated
+from defectscan.pipeline.saved_model import doc_files
 from defectscan.producer.console import err
 from defectscan.worker.model_cache import model_doc, registry_version
 from defectscan.worker.storage import open_storage
@@ -61,25 +61,25 @@ def threshold(
         store = open_storage(model)
         doc = model_doc(store, model)
         new = recalibrated(doc, target_frr, value)
-        store.put(MODEL_CARD, model_card(new).encode(), "text/markdown")
-        store.put(MODEL_JSON, doc_bytes(new), "application/json")
+        for name, data, content_type in doc_files(new):
+            store.put(name, data, content_type)
         where = model
     else:
         registry, product, version = pinned
         doc = model_doc(registry.store.child(f"{product}/{version}"), f"{product}@{version}")
         new = recalibrated(doc, target_frr, value)
         registry.derive(product, version, new)
-        where = registry.model_location(product, str(new["version"]))
+        where = registry.model_location(product, new.version)
         if promote:
-            registry.promote(product, str(new["version"]))
-    old, cal = read_calibration(doc), read_calibration(new)
+            registry.promote(product, new.version)
+    old, cal = doc.calibration, new.calibration
     expected = f"; expected false-reject rate {cal.expected_frr:.2%}" if cal.expected_frr is not None else ""
     if cal.frr_interval is not None:
         expected += f" (90 %: {cal.frr_interval[0]:.2%}-{cal.frr_interval[1]:.2%})"
     if cal.defect_count and cal.escapes is not None:
         expected += f"; escapes {cal.escapes} of {cal.defect_count} labelled defects"
     err.print(f"threshold {old.threshold:.5g} -> {cal.threshold:.5g}{expected}; {where}")
-    click.echo(new["version"])
+    click.echo(new.version)
 
 
 def _report(model: str, data: Path, plot: Path) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,24 +34,13 @@ class BatchSpec(BaseModel):
     model_version: str
     product: str | None = None
     template: bool = Field(False, description=f"whether {TEMPLATE_KEY} in the batch folder segments")
-    segment: dict[str, Any] = {}
+    segment: SegmentOptions = SegmentOptions()
     min_area: int = 16
     max_pixels: int = DEFAULT_MAX_PIXELS
     outputs: OutputOptions = OutputOptions()
     images: int = 0
     chunk: int = 16
     created_at: str
-
-    def segment_options(self) -> SegmentOptions:
-        raw = dict(self.segment)
-        for name in ("angles", "scales"):
-            if name in raw:
-                raw[name] = tuple(raw[name])
-        return SegmentOptions(**raw)
-
-    @staticmethod
-    def segment_dict(options: SegmentOptions) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
 
     def to_json(self) -> bytes:
         return (self.model_dump_json(by_alias=True, indent=2) + "\n").encode()

@@ -77,7 +77,7 @@ def batch_context(batch_location: str) -> tuple[BatchSpec, Segmenter | None]:
     segmenter = None
     if spec.template:
         template = decode_image(store.get(TEMPLATE_KEY), f"{batch_location}/{TEMPLATE_KEY}")
-        segmenter = Segmenter(template, spec.segment_options())
+        segmenter = Segmenter(template, spec.segment)
     return spec, segmenter
 
 

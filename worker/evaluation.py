@@ -25,7 +25,7 @@ def run_evaluation(model: AnomalyModel, items: Sequence[TestItem], use_tta: bool
     samples, failures, score_s = score_items(model, items, use_tta)
     result = summarize(samples, model.calibration.threshold, model.config.image_size)
     result["tta"] = list(model.config.tta_views) if use_tta else ["identity"]
-    result["model"] = {"method": model.config.method, "version": model.meta.get("version")}
+    result["model"] = {"method": model.config.method, "version": model.version}
     result["failures"] = failures
     result["timings"] = {
         "score_s": round(score_s, 3),

@@ -19,10 +19,11 @@ import hashlib
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from defectscan.pipeline.errors import ModelFormatError, ModelNotFoundError
-from defectscan.pipeline.model_doc import MODEL_JSON, parse_doc
+from defectscan.pipeline.model_doc import ModelDoc
+from defectscan.pipeline.saved_model import MODEL_FILES, MODEL_JSON, parse_doc
 
 if TYPE_CHECKING:
     from defectscan.pipeline.model import AnomalyModel
@@ -31,15 +32,13 @@ from defectscan.worker.registry import Registry, registry_location
 from defectscan.worker.settings import settings
 from defectscan.worker.storage import LocalStorage, Storage, is_remote, open_storage
 
-MODEL_FILES = ("model.json", "model.safetensors", "reference.png", "regions.png")
-
 
 def _split(location: str) -> tuple[str, str | None]:
     head, sep, tag = location.rstrip("/").rpartition("@")
     return (head, tag) if sep and "/" not in tag else (location.rstrip("/"), None)
 
 
-def model_doc(store: Storage, where: str) -> dict[str, Any]:
+def model_doc(store: Storage, where: str) -> ModelDoc:
     """The ``model.json`` of the model directory ``store`` (``where`` names it in errors)."""
     try:
         data = store.get(MODEL_JSON)
@@ -74,9 +73,7 @@ def resolve_model(location: str) -> tuple[str, str]:
     tag = pinned[2] if pinned else None
     base = pinned[0].model_location(pinned[1], pinned[2]) if pinned else location.rstrip("/")
     doc = model_doc(open_storage(base), base)
-    version = str(doc.get("version") or "")
-    if not version:
-        raise ModelFormatError(f"{base}/model.json", "no version")
+    version = doc.version
     if tag is not None and version != tag:
         raise ModelFormatError(f"{base}/model.json", f"holds version {version}, not {tag}")
     return base, version
@@ -100,8 +97,8 @@ class ModelCache:
         from defectscan.pipeline.model import AnomalyModel  # torch: only where a model is used
 
         model = AnomalyModel.load(self._local(location, version))
-        if str(model.meta.get("version")) != version:
-            raise ModelFormatError(location, f"holds version {model.meta.get('version')}, not {version}")
+        if model.version != version:
+            raise ModelFormatError(location, f"holds version {model.version}, not {version}")
         self.loads += 1
         self._models[key] = model
         while len(self._models) > self.maxsize:
@@ -113,15 +110,12 @@ class ModelCache:
             return Path(location)
         digest = hashlib.sha256(f"{location}@{version}".encode()).hexdigest()[:24]
         target = LocalStorage(self.cache_dir / digest)
-        if target.exists("model.json"):
+        if target.exists(MODEL_JSON):
             return target.root
         source = open_storage(location)
-        if not source.exists("model.json"):
+        if not source.exists(MODEL_JSON):
             raise ModelNotFoundError(location, "no model.json: not a defectscan model directory")
         for name in MODEL_FILES:
-            if name == "model.json":
-                continue  # last: its presence marks a complete download
-            if source.exists(name):
+            if source.exists(name):  # model.json last: its presence marks a complete download
                 target.put(name, source.get(name))
-        target.put("model.json", source.get("model.json"))
         return target.root

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from defectscan.pipeline.errors import ModelNotFoundError
-from defectscan.pipeline.model_card import model_card
-from defectscan.pipeline.model_doc import doc_bytes
+from defectscan.pipeline.model_doc import ModelDoc
+from defectscan.pipeline.saved_model import MODEL_CARD, MODEL_JSON, doc_files, parse_doc, read_doc
 from defectscan.worker.settings import settings
 from defectscan.worker.storage import Storage, join_key, open_storage
 
 REGISTRY_ENV = "DEFECTSCAN_REGISTRY"
-CARD = "MODEL_CARD.md"
 METRICS = "metrics.json"
 
 
@@ -67,49 +66,46 @@ class Registry:
         for folder in self.store.folders(join_key(product)):
             version = folder.rstrip("/").rsplit("/", 1)[-1]
             key = join_key(product, version)
-            if not self.store.exists(f"{key}/model.json"):
+            if not self.store.exists(f"{key}/{MODEL_JSON}"):
                 continue
-            doc = json.loads(self.store.get(f"{key}/model.json"))
+            doc = parse_doc(self.store.get(f"{key}/{MODEL_JSON}"), f"{product}@{version}")
             metrics_key = f"{key}/{METRICS}"
             metrics = json.loads(self.store.get(metrics_key)) if self.store.exists(metrics_key) else {}
-            method = str(doc.get("config", {}).get("method", ""))
-            out.append(
-                VersionInfo(version, method, str(doc.get("created_at", "")), metrics, version == latest)
-            )
+            out.append(VersionInfo(version, doc.config.method, doc.created_at, metrics, version == latest))
         return sorted(out, key=lambda v: v.version)
 
     def publish(self, product: str, model_dir: Path, metrics: dict[str, object], card: str) -> str:
         """Copy a saved model with its metrics and card to ``<product>/<version>/``; the version."""
-        version = str(json.loads((model_dir / "model.json").read_text())["version"])
+        version = read_doc(model_dir).version
         base = join_key(product, version)
         self.store.put(
             f"{base}/{METRICS}", (json.dumps(metrics, indent=2) + "\n").encode(), "application/json"
         )
-        self.store.put(f"{base}/{CARD}", card.encode(), "text/markdown")
+        self.store.put(f"{base}/{MODEL_CARD}", card.encode(), "text/markdown")
         for path in sorted(model_dir.iterdir()):
-            if path.is_file() and path.name not in ("model.json", CARD):
+            if path.is_file() and path.name not in (MODEL_JSON, MODEL_CARD):
                 self.store.put(f"{base}/{path.name}", path.read_bytes())
-        self.store.put(f"{base}/model.json", (model_dir / "model.json").read_bytes(), "application/json")
+        self.store.put(f"{base}/{MODEL_JSON}", (model_dir / MODEL_JSON).read_bytes(), "application/json")
         return version
 
-    def derive(self, product: str, version: str, doc: dict[str, object]) -> str:
+    def derive(self, product: str, version: str, doc: ModelDoc) -> str:
         """Publish ``doc`` (a new version's ``model.json``, e.g. a new operating point) with the files of
         ``version`` (weights, pictures, metrics) copied beside it; the new version. Nothing is promoted:
         batches that pinned ``version`` keep it."""
-        source, new = join_key(product, version), str(doc["version"])
+        source, new = join_key(product, version), doc.version
         target = join_key(product, new)
-        if not self.store.exists(f"{source}/model.json"):
+        if not self.store.exists(f"{source}/{MODEL_JSON}"):
             raise ModelNotFoundError(f"{product}@{version}", "no such version")
         for obj in self.store.objects(source):
             name = obj.key.rsplit("/", 1)[-1]
-            if name not in ("model.json", CARD):
+            if name not in (MODEL_JSON, MODEL_CARD):
                 self.store.put(f"{target}/{name}", self.store.get(obj.key))
-        self.store.put(f"{target}/{CARD}", model_card(doc).encode(), "text/markdown")
-        self.store.put(f"{target}/model.json", doc_bytes(doc), "application/json")
+        for name, data, content_type in doc_files(doc):
+            self.store.put(f"{target}/{name}", data, content_type)
         return new
 
     def promote(self, product: str, version: str) -> None:
-        if not self.store.exists(join_key(product, version, "model.json")):
+        if not self.store.exists(join_key(product, version, MODEL_JSON)):
             known = ", ".join(v.version for v in self.versions(product)) or "none"
             raise ModelNotFoundError(f"{product}@{version}", f"no such version (known: {known})")
         self.store.put(join_key(product, "LATEST"), f"{version}\n".encode(), "text/plain")

@@ -44,7 +44,7 @@ from pydantic import BaseModel
 
 from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
 from defectscan.pipeline.images import decode_image
-from defectscan.pipeline.model_doc import MODEL_CARD
+from defectscan.pipeline.saved_model import MODEL_CARD
 from defectscan.worker.app import app
 from defectscan.worker.batches import TTL_S, connect
 from defectscan.worker.datasets import IMAGE_SUFFIXES, mvtec_test_items
@@ -259,7 +259,7 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
         promoted, reason = gate(req.promote, metrics["validation"], current_metrics, latest is not None)
         book.update(stage="publishing")
         model_dir = model.save(Path(tmp) / "model")
-        version = str(model.meta["version"])
+        version = str(model.version)
         card = retrain_card(req, version, metrics, promoted, reason)
         card += "\n" + (model_dir / MODEL_CARD).read_text()  # the model's own: its operating point
         registry.publish(req.product, model_dir, {**metrics, "promoted": promoted, "reason": reason}, card)

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from defectscan.pipeline.errors import InvalidArgumentError, ModelFormatError
 from defectscan.pipeline.images import decode_image, encode_png
 from defectscan.pipeline.model import AnomalyModel, ModelConfig
-from defectscan.pipeline.model_doc import parse_doc, recalibrated
+from defectscan.pipeline.model_doc import CalibrationScores, ModelDoc, recalibrated
 from defectscan.pipeline.operating_point import fit_ok_tail, oracle_escape_rate, rates
+from defectscan.pipeline.saved_model import parse_doc
 from defectscan.pipeline.synth import generate_sheet
 from defectscan.pipeline.threshold_report import report_rows
 from defectscan.producer.cli import cli
@@ -45,35 +46,33 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _doc(directory: Path) -> dict[str, object]:
+def _doc(directory: Path) -> ModelDoc:
     return parse_doc((directory / "model.json").read_bytes(), str(directory))
 
 
 def test_a_new_target_moves_the_threshold_along_the_stored_scores(model_dir: Path) -> None:
     doc = _doc(model_dir)
-    scores = doc["calibration_scores"]
-    assert isinstance(scores, dict) and len(scores["ok"]) == 24 and len(scores["defects"]) == 8
+    scores = doc.calibration_scores
+    assert len(scores.ok) == 24 and len(scores.defects) == 8
     loose, strict = recalibrated(doc, target_frr=0.1), recalibrated(doc, target_frr=0.001)
-    tail = fit_ok_tail(scores["ok"])
-    assert loose["calibration"]["threshold"] == pytest.approx(tail.threshold(0.1))
+    tail = fit_ok_tail(scores.ok)
+    assert loose.calibration.threshold == pytest.approx(tail.threshold(0.1))
+    assert strict.calibration.threshold > doc.calibration.threshold > loose.calibration.threshold
+    assert loose.calibration.expected_frr == pytest.approx(0.1)
+    assert loose.derived_from == doc.version != loose.version
+    assert loose.config == doc.config and loose.training == doc.training
+    escapes = sum(s <= loose.calibration.threshold for s in scores.defects)
+    assert loose.calibration.escapes == escapes  # labelled defects counted at the new point
+    by_hand = recalibrated(doc, value=float(np.median(scores.ok))).calibration
+    assert by_hand.target_frr is None and by_hand.rule.startswith("set by hand")
+    assert by_hand.ok_rejected == sum(s > by_hand.threshold for s in scores.ok)
     assert (
-        strict["calibration"]["threshold"]
-        > doc["calibration"]["threshold"]
-        > loose["calibration"]["threshold"]
-    )
-    assert loose["calibration"]["expected_frr"] == pytest.approx(0.1)
-    assert loose["derived_from"] == doc["version"] != loose["version"]
-    assert loose["config"] == doc["config"] and loose["training"] == doc["training"]
-    escapes = sum(s <= loose["calibration"]["threshold"] for s in scores["defects"])
-    assert loose["calibration"]["escapes"] == escapes  # labelled defects counted at the new point
-    by_hand = recalibrated(doc, value=float(np.median(scores["ok"])))["calibration"]
-    assert by_hand["target_frr"] is None and by_hand["rule"].startswith("set by hand")
-    assert by_hand["ok_rejected"] == sum(s > by_hand["threshold"] for s in scores["ok"])
-    assert 0.3 < by_hand["expected_frr"] < 0.7  # the median of the OK scores rejects about half
+        by_hand.expected_frr is not None and 0.3 < by_hand.expected_frr < 0.7
+    )  # the median rejects about half
     with pytest.raises(InvalidArgumentError):
         recalibrated(doc, target_frr=0.1, value=3.0)
     with pytest.raises(ModelFormatError):  # a model without stored scores must be retrained
-        recalibrated({**doc, "calibration_scores": None}, target_frr=0.1)
+        recalibrated(doc.model_copy(update={"calibration_scores": CalibrationScores()}), target_frr=0.1)
 
 
 def test_threshold_rewrites_a_model_directory(model_dir: Path, tmp_path: Path) -> None:

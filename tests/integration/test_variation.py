@@ -112,7 +112,7 @@ def test_fusion_normalises_each_member_on_held_out_ok_crops(
     good: list[np.ndarray], probes: list[np.ndarray]
 ) -> None:
     fused = AnomalyModel.fit(good, ModelConfig(method="patchcore+variation", **CONFIG))  # type: ignore[arg-type]
-    training = fused.meta["training"]
+    training = fused.record.training
     assert isinstance(training, dict)
     norms = training["fusion"]
     assert set(norms) == {"patchcore", "variation"}
@@ -135,9 +135,9 @@ def test_fusion_normalises_each_member_on_held_out_ok_crops(
 
 
 def _held(n: int) -> set[int]:
-    from defectscan.pipeline.model import _holdout_indices
+    from defectscan.pipeline.training_set import holdout_indices
 
-    return _holdout_indices(n, 0.2)
+    return holdout_indices(n, 0.2)
 
 
 def test_align_recovers_a_shift_and_rotation() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import tempfile
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,17 +16,13 @@ import torch
 from safetensors.torch import save_file
 
 from defectscan.pipeline.backbone import BackboneError, lite2_weights_path, timm_state_dict
+from defectscan.pipeline.calibration import calibrate
+from defectscan.pipeline.errors import ModelFormatError, ModelNotFoundError
 from defectscan.pipeline.evaluate import auroc
-from defectscan.pipeline.model import (
-    AnomalyModel,
-    ModelConfig,
-    ModelFormatError,
-    ModelNotFoundError,
-    calibrate,
-    fold_sets,
-)
+from defectscan.pipeline.model import AnomalyModel, ModelConfig
 from defectscan.pipeline.model_config import DEFAULT_LAYERS, LITE2, STFPM_LAYERS
 from defectscan.pipeline.synth import render_instance
+from defectscan.pipeline.training_set import fold_sets
 
 SMALL = ModelConfig(image_size=96, batch_size=8, coreset_ratio=0.1)  # tiny crops: keep a usable bank
 
@@ -192,21 +187,21 @@ def test_val_defects_report_their_escapes_at_the_false_reject_target(good: list[
 
 def test_patchcore_calibrates_on_every_ok_image_out_of_fold(good: list[np.ndarray]) -> None:
     model = AnomalyModel.fit(good, SMALL)
-    cal, training = model.calibration, model.meta["training"]
+    cal, training = model.calibration, model.record.training
     assert isinstance(training, dict)
     assert cal.ok_count == len(good) == training["trained_on"] == training["out_of_fold"]
     assert cal.folds == min(5, len(good)) and cal.target_frr == 0.01 and cal.rule.startswith("gumbel")
     assert cal.frr_interval is not None and cal.frr_interval[0] <= 0.01 <= cal.frr_interval[1]
     in_sample = np.median([r.score for r in model.score(good)])
     assert in_sample < training["ok_scores"]["median"]  # each image was scored by banks without it
-    strict = AnomalyModel.fit(good, replace(SMALL, target_frr=0.001))
+    strict = AnomalyModel.fit(good, SMALL.changed(target_frr=0.001))
     assert strict.calibration.threshold > cal.threshold
     saved = AnomalyModel.load(model.save(Path(tempfile.mkdtemp()) / "m")).calibration
     assert saved == cal
 
 
 def test_other_folds_settings_keep_the_holdout_rule(good: list[np.ndarray]) -> None:
-    model = AnomalyModel.fit(good, replace(SMALL, folds=0))
+    model = AnomalyModel.fit(good, SMALL.changed(folds=0))
     assert model.calibration.rule.startswith("ok-holdout") and model.calibration.target_frr is None
 
 
@@ -309,9 +304,9 @@ def test_stfpm_student_learns_the_teacher_and_flags_defects(
 ) -> None:
     short = AnomalyModel.fit(good, ModelConfig(method="stfpm", image_size=96, epochs=1))
     longer = AnomalyModel.fit(good, ModelConfig(method="stfpm", image_size=96, epochs=30))
-    training = longer.meta["training"]
+    training = longer.record.training
     assert isinstance(training, dict)
-    assert training["final_loss"] < short.meta["training"]["final_loss"]  # type: ignore[index]
+    assert training["final_loss"] < short.record.training["final_loss"]  # type: ignore[index]
     images, labels = test_set
     scores = [r.score for r in longer.score(images)]
     ok = [s for s, y in zip(scores, labels, strict=True) if y == 0]
@@ -325,8 +320,8 @@ def test_stfpm_sample_weight_scales_its_loss(good: list[np.ndarray]) -> None:
     from defectscan.pipeline import networks
 
     net = networks.build("stfpm", LITE2, STFPM_LAYERS)
-    model = AnomalyModel(ModelConfig(method="stfpm", image_size=64), net, calibrate([1.0, 1.1]), {})
-    images = model._normalise(model._preprocess(good[:2]))
+    model = AnomalyModel(ModelConfig(method="stfpm", image_size=64), net, calibrate([1.0, 1.1]))
+    images = model.scorer.normalise(model.scorer.pixels(good[:2]))
 
     def one_step_loss(weight: float) -> float:
         torch.manual_seed(0)

@@ -66,7 +66,7 @@ def test_image_smaller_than_template_is_a_named_error(segmenter: Segmenter) -> N
 
 def test_max_instances_keeps_the_best(template: np.ndarray, sheets: list[Sheet]) -> None:
     everything = Segmenter(template, SEARCH).find(sheets[2].image)
-    three = Segmenter(template, SegmentOptions(**{**SEARCH.__dict__, "max_instances": 3})).find(
+    three = Segmenter(template, SegmentOptions(**{**SEARCH.model_dump(), "max_instances": 3})).find(
         sheets[2].image
     )
     assert len(three) == 3
@@ -75,13 +75,13 @@ def test_max_instances_keeps_the_best(template: np.ndarray, sheets: list[Sheet])
 
 
 def test_min_score_filters(template: np.ndarray, sheets: list[Sheet]) -> None:
-    strict = Segmenter(template, SegmentOptions(**{**SEARCH.__dict__, "min_score": 0.9999}))
+    strict = Segmenter(template, SegmentOptions(**{**SEARCH.model_dump(), "min_score": 0.9999}))
     assert strict.find(sheets[0].image) == []
 
 
 def test_pyramid_and_full_resolution_agree(template: np.ndarray, sheets: list[Sheet]) -> None:
     fast = Segmenter(template, SEARCH)
-    full = Segmenter(template, SegmentOptions(**{**SEARCH.__dict__, "pyramid": False}))
+    full = Segmenter(template, SegmentOptions(**{**SEARCH.model_dump(), "pyramid": False}))
     assert fast.factor > 1 and full.factor == 1
     a, b = fast.find(sheets[3].image), full.find(sheets[3].image)
     assert len(a) == len(b) == 8

@@ -25,6 +25,18 @@ def model_card(doc: ModelDoc) -> str:
     ]
     if doc.derived_from:
         lines.append(f"* Derived from {doc.derived_from}: the same weights, a new operating point")
+    scores = doc.calibration_scores
+    if scores.reviewed_ok or scores.reviewed_defects:
+        lines.append(
+            f"* Reviewed in production and used for the threshold: {len(scores.reviewed_ok)} good instances, "
+            f"{len(scores.reviewed_defects)} defective"
+        )
+    feedback = training.get("feedback")
+    if isinstance(feedback, dict) and any(feedback.values()):
+        lines.append(
+            f"* Trained with reviewers' feedback: {feedback.get('ok', 0)} confirmed false rejects as OK "
+            f"images, {feedback.get('defects', 0)} confirmed defects for calibration"
+        )
     lines += ["", "## Operating point", "", f"* Threshold: {_num(cal.threshold)} ({cal.rule})"]
     if cal.expected_frr is not None:
         low, high = cal.frr_interval or (None, None)

@@ -27,10 +27,13 @@ SCHEMA: Literal["defectscan.model/1"] = "defectscan.model/1"
 
 
 class CalibrationScores(BaseModel):
-    """The out-of-sample scores a threshold was set from: OK images, and labelled defects."""
+    """The out-of-sample scores a threshold was set from: OK images and labelled defects from training,
+    and instances reviewers confirmed in production (good, and defective)."""
 
     ok: list[float] = []
     defects: list[float] = []
+    reviewed_ok: list[float] = []
+    reviewed_defects: list[float] = []
 
 
 class Preprocessing(BaseModel):
@@ -105,9 +108,25 @@ class ModelDoc(ModelRecord):
         return ModelRecord.model_validate(self.model_dump(exclude=own))
 
 
-def recalibrated(doc: ModelDoc, target_frr: float | None = None, value: float | None = None) -> ModelDoc:
+def recalibrated(
+    doc: ModelDoc,
+    target_frr: float | None = None,
+    value: float | None = None,
+    reviewed: CalibrationScores | None = None,
+) -> ModelDoc:
     """A model's document with a new operating point, set from the out-of-sample scores it keeps, for
-    ``target_frr`` or at the threshold ``value``: a new version of the same weights."""
+    ``target_frr`` or at the threshold ``value``: a new version of the same weights. ``reviewed``
+    (its ``reviewed_ok`` and ``reviewed_defects``) adds instances reviewers confirmed; they are kept in
+    the new document and count in every later recalibration."""
+    if reviewed is not None:
+        kept = doc.calibration_scores
+        scores = kept.model_copy(
+            update={
+                "reviewed_ok": [*kept.reviewed_ok, *rounded(reviewed.reviewed_ok)],
+                "reviewed_defects": [*kept.reviewed_defects, *rounded(reviewed.reviewed_defects)],
+            }
+        )
+        doc = doc.model_copy(update={"calibration_scores": scores})
     if (target_frr is None) == (value is None):
         raise InvalidArgumentError("threshold", "give exactly one of --target-frr and --value")
     stored = doc.calibration_scores  # the target's range: operating_point checks it
@@ -115,7 +134,8 @@ def recalibrated(doc: ModelDoc, target_frr: float | None = None, value: float | 
         raise ModelFormatError(
             doc.version, "keeps no out-of-sample OK scores (trained by an older release): retrain it"
         )
-    cal = calibrate(stored.ok, stored.defects, target_frr, doc.calibration.folds, value)
+    ok, defects = [*stored.ok, *stored.reviewed_ok], [*stored.defects, *stored.reviewed_defects]
+    cal = calibrate(ok, defects, target_frr, doc.calibration.folds, value)
     created = datetime.now(UTC).replace(microsecond=0)
     return doc.model_copy(
         update={

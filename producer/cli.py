@@ -30,6 +30,8 @@ from defectscan.producer.local_segment import SegmentationRecord, crop_sources, 
 from defectscan.producer.models_cli import MODEL_COMMANDS
 from defectscan.producer.ops_cli import OPS_COMMANDS
 from defectscan.producer.options import search_options, segment_options
+from defectscan.producer.report_cli import report
+from defectscan.producer.review_cli import review
 from defectscan.producer.synth_files import write_synthetic_set
 from defectscan.producer.threshold_cli import threshold
 from defectscan.worker.datasets import ImageSet, expand_inputs, mvtec_test_items, read_folder, read_pairs
@@ -349,6 +351,7 @@ def inspect(
     from defectscan.pipeline.model import AnomalyModel
     from defectscan.pipeline.pairs import PairComparer
     from defectscan.producer.inspect_files import run_inspection
+    from defectscan.worker.report import ModelFacts
 
     storage = LocalStorage(out)
     if pairs is not None:
@@ -376,6 +379,7 @@ def inspect(
             )
 
         info = ModelInfo(method="variation (own template)")
+        facts = ModelFacts(method=info.method, threshold=threshold)
     elif input_dir is None or model_dir is None:
         raise click.UsageError("give INPUT_DIR and --model, or --pairs")
     else:
@@ -391,6 +395,7 @@ def inspect(
             return inspect_image(data, key, model, segmenter, product, min_area, max_pixels)
 
         info = ModelInfo(product=product, version=str(model.version), method=model.config.method)
+        facts = ModelFacts.of(model.version, model.config.method, model.calibration)
     with progress_bar(len(items), "inspect") as bar:
 
         def report(key: str, verdict: Verdict) -> None:
@@ -399,11 +404,11 @@ def inspect(
                 print_error(verdict.error.message, verdict.error.code)
 
         options = OutputOptions(save_maps=save_maps, lookout_compat=lookout_compat)
-        summary = run_inspection(items, run, info, storage, options, report)
+        summary = run_inspection(items, run, info, storage, options, report, facts)
     click.echo(
         f"inspected {summary.images} images: {json.dumps(summary.verdicts)}; {summary.instances} instances, "
         f"{summary.anomalous_instances} anomalous, {summary.defects} defects {json.dumps(summary.types)}; "
-        f"results in {out}"
+        f"results in {out} (open {out / 'report.html'})"
     )
     if summary.failures:
         sys.exit(1)
@@ -445,10 +450,11 @@ def demo(out: Path, sheets: int) -> None:
             err.print(f"some images failed; see {results / 'summary.json'}")
     click.echo((results / "summary.json").read_text().rstrip())
     click.echo(f"verdicts and pictures: {results}/<sheet>.png.json, .heatmap.png, .mask.png")
+    click.echo(f"the run's page (open it in a browser): {results / 'report.html'}")
     click.echo(f"model: {model_dir}   sample sheets: {data / 'sheets'}   ground truth: {data / 'truth'}")
 
 
-for _command in (*BATCH_COMMANDS, local_cluster, *MODEL_COMMANDS, threshold, *OPS_COMMANDS):
+for _command in (*BATCH_COMMANDS, local_cluster, *MODEL_COMMANDS, threshold, report, review, *OPS_COMMANDS):
     cli.add_command(_command)
 
 

@@ -33,6 +33,7 @@ from defectscan.pipeline.segment import SegmentOptions
 from defectscan.pipeline.verdict import Verdict
 from defectscan.worker.app import app, send_chunk
 from defectscan.worker.batch_spec import (
+    BATCH_JSON,
     ITEMS,
     MANIFEST,
     TEMPLATE_KEY,
@@ -103,7 +104,7 @@ def _create(
         created_at=datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         **options,
     )
-    store.put("batch.json", spec.to_json(), "application/json")
+    store.put(BATCH_JSON, spec.to_json(), "application/json")
     return spec
 
 
@@ -152,8 +153,8 @@ def enqueue_batch(
     root = open_storage(out)
     store = root.child(batch_id)
     location = f"{root.location.rstrip('/')}/{batch_id}"
-    if store.exists("batch.json"):
-        spec = BatchSpec.model_validate_json(store.get("batch.json"))
+    if store.exists(BATCH_JSON):
+        spec = BatchSpec.model_validate_json(store.get(BATCH_JSON))
     else:
         spec = _create(
             store,
@@ -199,7 +200,7 @@ def enqueue_batch(
 
 def storage_counts(store: Storage, batch_id: str) -> tuple[BatchCounts, bool]:
     """A batch's counts from its files (manifest, verdicts, ``_SUCCESS``), and whether it finished."""
-    if not store.exists("batch.json"):
+    if not store.exists(BATCH_JSON):
         raise InvalidArgumentError(batch_id, f"no batch at {store.location}")
     keys = manifest_keys(store)
     verdicts = existing_verdicts(store)

@@ -1,6 +1,7 @@
 """The local ``defectscan inspect``: every image under a folder (or every pair of a pairs CSV), inspected
 with :mod:`pipeline.inspection`, verdicts and pictures written beside each other under ``OUT`` by
-:func:`worker.results.write_inspection` (the workers write the same files), and ``summary.json`` last.
+:func:`worker.results.write_inspection` (the workers write the same files), then ``report.html``
+(:mod:`worker.report`), and ``summary.json`` last.
 
 Every input gets exactly one verdict: a failure to read, decode, inspect or write one image is that
 image's ``error`` verdict (with its code), and the run goes on to the next and always ends with the
@@ -17,7 +18,8 @@ from defectscan.pipeline.errors import DefectscanError
 from defectscan.pipeline.inspection import Inspection
 from defectscan.pipeline.outputs import OutputOptions
 from defectscan.pipeline.verdict import ModelInfo, Verdict, error_verdict
-from defectscan.worker.results import Summary, write_inspection
+from defectscan.worker.report import ModelFacts, write_report
+from defectscan.worker.results import SUMMARY, Summary, write_inspection
 from defectscan.worker.storage import Storage, read_local
 
 log = logging.getLogger("defectscan.inspect")
@@ -30,9 +32,11 @@ def run_inspection(
     out: Storage,
     options: OutputOptions | None = None,
     on_image: Callable[[str, Verdict], None] | None = None,
+    facts: ModelFacts | None = None,
 ) -> Summary:
-    """Inspect ``(key, path)`` items; write each result, then the summary."""
+    """Inspect ``(key, path)`` items; write each result, then ``report.html``, then the summary."""
     summary = Summary()
+    verdicts: list[Verdict] = []
     for key, path in items:
         try:
             result = inspect(read_local(path), key)
@@ -46,7 +50,9 @@ def run_inspection(
             log.exception("writing the results of %r failed", key)
             verdict = error_verdict(result.verdict.image, model, exc)
         summary.add(verdict)
+        verdicts.append(verdict)
         if on_image is not None:
             on_image(key, verdict)
-    out.put("summary.json", summary.to_json(), "application/json")
+    write_report(out, verdicts, summary, facts or ModelFacts(version=model.version, method=model.method))
+    out.put(SUMMARY, summary.to_json(), "application/json")
     return summary

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from defectscan.pipeline.model_doc import recalibrated
+from defectscan.pipeline.model_doc import CalibrationScores, recalibrated
 from defectscan.pipeline.saved_model import doc_files
 from defectscan.producer.console import err
 from defectscan.worker.model_cache import model_doc, registry_version
@@ -38,6 +38,12 @@ from defectscan.worker.storage import open_storage
     help="With --report: where the histogram picture goes.",
 )
 @click.option("--promote", is_flag=True, help="For a registry version: promote the new version too.")
+@click.option(
+    "--reviews",
+    multiple=True,
+    help="A reviewed run (batch folder or inspect output) of this model: its reviewed instances join "
+    "the scores the threshold is set from (repeatable).",
+)
 def threshold(
     model: str,
     target_frr: float | None,
@@ -45,6 +51,7 @@ def threshold(
     report_data: Path | None,
     plot: Path,
     promote: bool,
+    reviews: tuple[str, ...],
 ) -> None:
     """Set the operating point of MODEL (a model directory, or a registry version such as
     s3://bucket/models/PRODUCT@latest), or report on one (--report DATA).
@@ -60,14 +67,14 @@ def threshold(
     if pinned is None:
         store = open_storage(model)
         doc = model_doc(store, model)
-        new = recalibrated(doc, target_frr, value)
+        new = recalibrated(doc, target_frr, value, _reviewed(reviews, doc.version))
         for name, data, content_type in doc_files(new):
             store.put(name, data, content_type)
         where = model
     else:
         registry, product, version = pinned
         doc = model_doc(registry.store.child(f"{product}/{version}"), f"{product}@{version}")
-        new = recalibrated(doc, target_frr, value)
+        new = recalibrated(doc, target_frr, value, _reviewed(reviews, doc.version))
         registry.derive(product, version, new)
         where = registry.model_location(product, new.version)
         if promote:
@@ -80,6 +87,22 @@ def threshold(
         expected += f"; escapes {cal.escapes} of {cal.defect_count} labelled defects"
     err.print(f"threshold {old.threshold:.5g} -> {cal.threshold:.5g}{expected}; {where}")
     click.echo(new.version)
+
+
+def _reviewed(locations: tuple[str, ...], version: str) -> CalibrationScores | None:
+    """The scores of reviewed runs of model ``version``, as the document keeps them."""
+    if not locations:
+        return None
+    from defectscan.worker.review import reviewed_scores
+
+    scores = CalibrationScores()
+    for location in locations:
+        found = reviewed_scores(open_storage(location), version)
+        scores.reviewed_ok += found.ok
+        scores.reviewed_defects += found.defects
+        left = f"; {found.unreviewed_rejects} rejected instances without a decision left out"
+        err.print(f"{location}: {len(found.ok)} good, {len(found.defects)} defective instances{left}")
+    return scores
 
 
 def _report(model: str, data: Path, plot: Path) -> None:

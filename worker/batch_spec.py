@@ -18,6 +18,7 @@ from defectscan.pipeline.segment import SegmentOptions
 from defectscan.worker.storage import Storage, is_remote
 
 BATCH_SCHEMA = "defectscan.batch/1"
+BATCH_JSON = "batch.json"  # the request, in the batch folder
 MANIFEST = "manifest.jsonl"  # one JSON line per input: key, size, etag
 TEMPLATE_KEY = "template.png"  # the template, copied into the batch folder
 ITEMS = "items"

@@ -31,7 +31,7 @@ from defectscan.pipeline.segment import Segmenter
 from defectscan.pipeline.verdict import ModelInfo, error_verdict
 from defectscan.worker import metrics
 from defectscan.worker.app import app, send_chunk
-from defectscan.worker.batch_spec import ITEMS, TEMPLATE_KEY, BatchSpec
+from defectscan.worker.batch_spec import BATCH_JSON, ITEMS, TEMPLATE_KEY, BatchSpec
 from defectscan.worker.batches import BatchBook, Lease, server_time
 from defectscan.worker.chunk_watch import is_dead
 from defectscan.worker.item_keys import item_key
@@ -73,7 +73,7 @@ class ChunkFailedError(DefectscanError):
 def batch_context(batch_location: str) -> tuple[BatchSpec, Segmenter | None]:
     """The batch's request and its segmenter (if it has a template), read once per process."""
     store = open_storage(batch_location)
-    spec = BatchSpec.model_validate_json(store.get("batch.json"))
+    spec = BatchSpec.model_validate_json(store.get(BATCH_JSON))
     segmenter = None
     if spec.template:
         template = decode_image(store.get(TEMPLATE_KEY), f"{batch_location}/{TEMPLATE_KEY}")

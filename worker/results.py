@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the inspection imports the models (torch); writing results 
     from defectscan.pipeline.inspection import Inspection
 
 SUMMARY_SCHEMA = "defectscan.summary/1"
+SUMMARY = "summary.json"
 
 
 def write_inspection(out: Storage, key: str, result: Inspection, options: OutputOptions) -> Verdict:

@@ -49,6 +49,7 @@ from defectscan.worker.app import app
 from defectscan.worker.batches import TTL_S, connect
 from defectscan.worker.datasets import IMAGE_SUFFIXES, mvtec_test_items
 from defectscan.worker.registry import Registry
+from defectscan.worker.review import FEEDBACK
 from defectscan.worker.storage import Storage, open_storage, read_location
 
 log = logging.getLogger("defectscan.retrain")
@@ -148,6 +149,15 @@ def read_images(location: str) -> tuple[list[Any], list[str], list[str]]:
     return images, names, skipped
 
 
+def read_feedback(product_root: str) -> tuple[list[tuple[str, Any]], list[Any]]:
+    """Reviewers' feedback of a product (:mod:`worker.review`): the confirmed false rejects' crops with
+    their keys, and the confirmed defects' crops (their weak masks left aside)."""
+    ok, keys, _ = read_images(f"{product_root}/{FEEDBACK}/ok")
+    defects, names, _ = read_images(f"{product_root}/{FEEDBACK}/defects")
+    crops = [d for d, name in zip(defects, names, strict=True) if not name.endswith("_mask.png")]
+    return list(zip(keys, ok, strict=True)), crops
+
+
 def download(store: Storage, dest: Path) -> Path:
     """Every object under ``store`` into the folder ``dest`` (keys are checked, so they stay inside)."""
     for obj in store.objects():
@@ -226,14 +236,34 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
         crops, groups = [c for _, c in cut], [key for key, _ in cut]
         if not crops:
             raise TrainingDataError(req.ok, "the template was found in none of the OK images")
+    feedback_ok, feedback_defects = read_feedback(f"{req.registry.rstrip('/')}/{req.product}")
+    if feedback_ok:  # reviewers' confirmed false rejects: aligned crops, one photograph each
+        crops = [*crops, *(img for _, img in feedback_ok)]
+        groups = [*(groups or names), *(key.rsplit(".", 2)[0] for key, _ in feedback_ok)]  # photograph
+        names = [*names, *(f"{FEEDBACK}/ok/{key}" for key, _ in feedback_ok)]
     book.update(stage="training")
     start = time.perf_counter()
     config = ModelConfig(method=req.method, image_size=req.image_size)
-    model = AnomalyModel.fit(crops, config, aux=aux, aux_weight=req.aux_weight, names=names, groups=groups)
+    model = AnomalyModel.fit(
+        crops,
+        config,
+        aux=aux,
+        aux_weight=req.aux_weight,
+        names=names,
+        groups=groups,
+        val_defects=feedback_defects,
+    )
+    model.record.training["feedback"] = {"ok": len(feedback_ok), "defects": len(feedback_defects)}
     registry = Registry(req.registry)
     latest = registry.latest(req.product)
     metrics: dict[str, Any] = {
-        "training": {"images": len(images), "skipped": len(skipped), "crops": len(crops), "aux": len(aux)},
+        "training": {
+            "images": len(images),
+            "skipped": len(skipped),
+            "crops": len(crops),
+            "aux": len(aux),
+            "feedback": model.record.training["feedback"],
+        },
         "fit_s": round(time.perf_counter() - start, 2),
         "threshold": model.calibration.threshold,
         "threshold_rule": model.calibration.rule,

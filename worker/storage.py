@@ -29,7 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from defectscan.pipeline.errors import DefectscanError, KeyTooLongError, UnreadableError, WriteFailedError
+from defectscan.pipeline.errors import (
+    DefectscanError,
+    InvalidArgumentError,
+    KeyTooLongError,
+    UnreadableError,
+    WriteFailedError,
+)
 from defectscan.worker.settings import settings
 
 
@@ -102,6 +108,10 @@ class Storage(Protocol):
     def folders(self, prefix: str = "") -> list[str]: ...
 
     def child(self, prefix: str) -> Storage: ...
+
+    def url(self, key: str, expires_s: int = 86400) -> str:
+        """An address a browser opens ``key`` at: a file URI, or a presigned S3 GET link."""
+        ...
 
 
 def open_storage(location: str | os.PathLike[str], settings: S3Settings | None = None) -> Storage:
@@ -186,6 +196,9 @@ class LocalStorage:
     def child(self, prefix: str) -> LocalStorage:
         return LocalStorage(self.path(prefix))
 
+    def url(self, key: str, expires_s: int = 86400) -> str:
+        return self.path(key).resolve().as_uri()
+
 
 @dataclass(frozen=True)
 class S3Settings:
@@ -207,6 +220,7 @@ class S3Settings:
         config = Config(
             retries={"mode": "standard", "max_attempts": self.max_attempts},
             s3={"addressing_style": self.addressing_style or "auto"},
+            signature_version="s3v4",  # presigned links too (SigV4: what every S3 region takes)
             connect_timeout=10,
             read_timeout=60,
         )
@@ -322,6 +336,13 @@ class S3Storage:
         return S3Storage(
             self.bucket, join_key(self.prefix, prefix), self.settings, self._client, self.page_size
         )
+
+    def url(self, key: str, expires_s: int = 86400) -> str:
+        """A presigned GET link (SigV4: at most 7 days); signing is local, nothing is sent."""
+        if not 0 < expires_s <= 7 * 86400:
+            raise InvalidArgumentError("--expires", "a presigned link lasts from 1 s to 7 days")
+        params = {"Bucket": self.bucket, "Key": self._full(key)}
+        return str(self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s))
 
 
 def _status(exc: Any) -> int:

@@ -51,7 +51,8 @@ from defectscan.worker.chunks import (
     unrecorded,
 )
 from defectscan.worker.item_keys import item_key
-from defectscan.worker.results import Summary
+from defectscan.worker.report import batch_model_facts, write_report
+from defectscan.worker.results import SUMMARY, Summary
 from defectscan.worker.settings import settings
 from defectscan.worker.storage import Storage, StorageUnavailableError, open_storage
 
@@ -162,9 +163,11 @@ def finalize_batch(batch_location: str) -> None:
     try:
         keys = manifest_keys(store)
         summary = Summary(batch_id=spec.batch_id)
-        for verdict in _verdicts(items, keys, model_info(spec)):
+        verdicts = _verdicts(items, keys, model_info(spec))
+        for verdict in verdicts:
             summary.add(verdict)
-        store.put("summary.json", summary.to_json(), "application/json")
+        store.put(SUMMARY, summary.to_json(), "application/json")
+        write_report(store, verdicts, summary, batch_model_facts(spec), prefix=f"{ITEMS}/")
         store.put("_SUCCESS", b"", "text/plain")
     except BaseException:
         book.release_finalize()

@@ -29,6 +29,7 @@ from defectscan.worker.chunks import ChunkTimeoutError, resume
 from defectscan.worker.dev_redis import DevRedis, free_port
 from defectscan.worker.storage import LocalStorage
 from defectscan.worker.tasks import finalize_batch
+from tests.stand_in import stand_in_model
 
 
 @pytest.fixture
@@ -105,8 +106,7 @@ def test_enqueue_again_leaves_images_held_by_a_running_chunk(book: BatchBook, tm
         (tmp_path / "in").mkdir(exist_ok=True)
         (tmp_path / "in" / name).write_bytes(encode_png(reference_template()))
     model = tmp_path / "model"
-    model.mkdir()
-    (model / "model.json").write_text(json.dumps({"schema": "defectscan.model/1", "version": "v1"}))
+    stand_in_model(model)
     args = (str(tmp_path / "in"), str(model), str(tmp_path / "out"), book.batch_id)
     first = enqueue_batch(*args, chunk=3, queue=queue, book_factory=lambda _: book)
     assert (first.sent_images, first.held_images) == (3, 0)

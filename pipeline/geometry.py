@@ -63,6 +63,13 @@ def pose_box(pose: Pose, width: int, height: int) -> tuple[float, float, float, 
     return float(x0 + 0.5), float(y0 + 0.5), float(x1 - x0), float(y1 - y0)
 
 
+def pose_of_box(box: Sequence[float], angle: float, scale: float) -> Pose:
+    """The pose whose :func:`pose_box` is ``box`` (the box's centre, back in pixel-centre coordinates):
+    how a verdict's instance is placed again."""
+    x, y, w, h = box
+    return Pose(x + w / 2 - 0.5, y + h / 2 - 0.5, angle, scale)
+
+
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two ``(x, y, w, h)`` boxes; 0 when either is empty."""
     ax, ay, aw, ah = a

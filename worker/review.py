@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
-from defectscan.pipeline.geometry import Pose, crop_at_pose, inside_at_pose
+from defectscan.pipeline.geometry import crop_at_pose, inside_at_pose, pose_of_box
 from defectscan.pipeline.images import decode_image, encode_png
 from defectscan.pipeline.verdict import Instance, Verdict
 from defectscan.worker.batch_spec import BATCH_JSON, ITEMS, TEMPLATE_KEY, BatchSpec
@@ -229,8 +229,7 @@ def _crop(image: np.ndarray, instance: Instance, template: np.ndarray | None) ->
     """The instance's aligned crop, cut again as segmentation cut it (None where it leaves the image)."""
     if template is None:
         return image
-    x, y, w, h = instance.box
-    pose = Pose(x + w / 2, y + h / 2, instance.angle, instance.scale)
+    pose = pose_of_box(instance.box, instance.angle, instance.scale)
     height, width = template.shape[:2]
     if not inside_at_pose(image.shape, pose, width, height).all():
         return None

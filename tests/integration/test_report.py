@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from defectscan.pipeline.images import encode_png
+from defectscan.pipeline.images import decode_image, encode_png
 from defectscan.pipeline.verdict import Defect, ErrorInfo, ImageInfo, Instance, ModelInfo, Verdict
 from defectscan.worker.report import REPORT, ModelFacts, histograms, write_report
 from defectscan.worker.results import Summary
@@ -269,3 +269,97 @@ def test_report_rebuilds_a_run_in_s3_and_shares_it_through_presigned_links(
         assert all(url.startswith(env["AWS_ENDPOINT_URL"]) and "X-Amz-Signature" in url for url in reached)
     finally:
         context.close()
+
+
+def test_from_the_page_to_the_registry_open_mark_download_apply(
+    browser: Any, sheets: list[Any], template: np.ndarray, tmp_path: Path
+) -> None:
+    """A batch folder of real segmented sheets: open an instance from the page, mark two decisions,
+    download them, apply the file, and find the aligned crops in the product's feedback folder."""
+    from click.testing import CliRunner
+
+    from defectscan.pipeline.segment import Segmenter, SegmentOptions, parse_range
+    from defectscan.producer.cli import cli
+    from defectscan.worker.batch_spec import BatchSpec
+
+    inputs, batch = tmp_path / "inputs", tmp_path / "results" / "b1"
+    segmenter = Segmenter(template, SegmentOptions(angles=parse_range("-3:3:1")))
+    store = LocalStorage(batch)
+    picture = encode_png(np.full((8, 8, 3), 90, np.uint8))
+    verdicts, crops = [], {}
+    for n, sheet in enumerate(sheets[:2]):
+        key = f"cam1/sheet_{n}.png"
+        LocalStorage(inputs).put(key, encode_png(sheet.image))
+        found = segmenter.find(sheet.image)
+        instances = []
+        for k, (det, crop) in enumerate(zip(found, segmenter.crops(sheet.image, found), strict=True)):
+            crops[(key, k)] = crop
+            store.put(f"items/{key}.{k}.heatmap.png", picture)
+            bad = k < 2  # the two most severe instances of each sheet are rejected
+            instances.append(
+                Instance(
+                    index=k,
+                    box=tuple(round(v, 2) for v in det.box),  # as a verdict keeps them
+                    angle=round(det.pose.angle, 4),
+                    scale=round(det.pose.scale, 5),
+                    score=25.0 - k - n if bad else 10.0,
+                    threshold=17.0,
+                    confidence=0.9 if bad else 0.1,
+                    is_anomalous=bad,
+                    severity=60.0 - 10 * k - n if bad else 0.0,
+                    level="major" if bad else "none",
+                    defects=[_defect("structural", 60.0 - 10 * k - n)] if bad else [],
+                    heatmap=f"{key}.{k}.heatmap.png",
+                )
+            )
+        verdicts.append(
+            Verdict(
+                image=ImageInfo(key=key),
+                model=ModelInfo(product="foil", version="v1", method="patchcore"),
+                verdict="defect",
+                instances=instances,
+            )
+        )
+        store.put(f"items/{key}.json", verdicts[-1].to_json())
+    store.put("template.png", encode_png(template))
+    spec = BatchSpec(
+        batch_id="b1", inputs=str(inputs), out=str(tmp_path / "results"), model="m", model_version="v1",
+        product="foil", template=True, created_at="2026-12-01T00:00:00Z",
+    )  # fmt: skip
+    store.put("batch.json", spec.to_json())
+    summary = Summary(batch_id="b1")
+    for v in verdicts:
+        summary.add(v)
+    assert write_report(store, verdicts, summary, ModelFacts(version="v1"), "items/")
+
+    context, page, _ = _open(browser, batch / REPORT)
+    try:
+        with context.expect_page() as opened:  # open an instance: its heatmap in a new tab
+            page.locator(".card img").first.click()
+        assert opened.value.url.endswith("items/cam1/sheet_0.png.0.heatmap.png")
+        page.bring_to_front()
+        page.locator(".card").nth(0).locator("button[data-decision=false_reject]").click()
+        page.locator(".card").nth(1).locator("button[data-decision=correct]").click()
+        with page.expect_download() as download:
+            page.click("#export")
+        saved = tmp_path / "review.json"
+        download.value.save_as(saved)
+    finally:
+        context.close()
+    result = CliRunner().invoke(
+        cli, ["review", "apply", str(saved), str(batch), "--registry", str(tmp_path / "models")]
+    )
+    assert result.exit_code == 0, result.output
+    (recorded,) = (batch / "review").glob("*.json")
+    decisions = {
+        (d["key"], d["instance"], d["decision"]) for d in json.loads(recorded.read_text())["decisions"]
+    }
+    assert decisions == {("cam1/sheet_0.png", 0, "false_reject"), ("cam1/sheet_1.png", 0, "correct")}
+    feedback = tmp_path / "models" / "foil" / "feedback"
+    ok = feedback / "ok" / "b1" / "cam1__sheet_0.png.0.png"
+    defect = feedback / "defects" / "b1" / "cam1__sheet_1.png.0.png"
+    assert ok.is_file() and defect.is_file() and (defect.parent / "cam1__sheet_1.png.0_mask.png").is_file()
+    for path, source in ((ok, ("cam1/sheet_0.png", 0)), (defect, ("cam1/sheet_1.png", 0))):
+        got = decode_image(path.read_bytes(), path.name).astype(np.int16)
+        want = crops[source].astype(np.int16)  # the crop segmentation cut, up to the verdict's rounding
+        assert got.shape == want.shape and np.abs(got - want).mean() < 1.0

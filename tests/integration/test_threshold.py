@@ -81,15 +81,13 @@ def test_threshold_rewrites_a_model_directory(model_dir: Path, tmp_path: Path) -
     result = CliRunner().invoke(cli, ["threshold", str(target), "--target-frr", "0.05"])
     assert result.exit_code == 0, result.output
     after = _doc(target)
-    assert result.stdout.strip() == after["version"] and after["derived_from"] == before["version"]
+    assert result.stdout.strip() == after.version and after.derived_from == before.version
     assert (target / "model.safetensors").read_bytes() == (model_dir / "model.safetensors").read_bytes()
     model = AnomalyModel.load(target)
     assert model.calibration.target_frr == 0.05
-    assert (
-        model.calibration.threshold == after["calibration"]["threshold"] < before["calibration"]["threshold"]
-    )
+    assert model.calibration.threshold == after.calibration.threshold < before.calibration.threshold
     card = (target / "MODEL_CARD.md").read_text()
-    assert after["version"] in card and "expected 5.00 %" in card and "for a target of 5.00 %" in card
+    assert after.version in card and "expected 5.00 %" in card and "for a target of 5.00 %" in card
     assert "escape at this threshold" in card
     refused = CliRunner().invoke(cli, ["threshold", str(target), "--target-frr", "0.05", "--value", "3"])
     assert refused.exit_code == 2 and _doc(target) == after
@@ -106,8 +104,8 @@ def test_threshold_on_a_registry_version_publishes_a_new_version(model_dir: Path
     assert [v.version for v in registry.versions("foil")] == sorted([first, second])
     assert registry.latest("foil") == first  # nothing promoted: batches keep what they pinned
     old, new = (_doc(tmp_path / "models" / "foil" / v) for v in (first, second))
-    assert old == _doc(model_dir) and new["calibration"]["threshold"] == 5.5
-    assert new["derived_from"] == first
+    assert old == _doc(model_dir) and new.calibration.threshold == 5.5
+    assert new.derived_from == first
     weights = (tmp_path / "models" / "foil" / second / "model.safetensors").read_bytes()
     assert weights == (model_dir / "model.safetensors").read_bytes()
     assert "set by hand" in (tmp_path / "models" / "foil" / second / "MODEL_CARD.md").read_text()

@@ -94,3 +94,11 @@ def test_inscribed_box_stays_inside_every_rotation(w: int, h: int, max_angle: fl
             x, y = inv @ [sx * k * w / 2, sy * k * h / 2, 1.0]
             assert -0.5 - 1e-6 <= x <= w - 0.5 + 1e-6
             assert -0.5 - 1e-6 <= y <= h - 0.5 + 1e-6
+
+
+def test_a_pose_comes_back_from_its_box() -> None:
+    from defectscan.pipeline.geometry import Pose, pose_box, pose_of_box
+
+    for pose in (Pose(100.25, 80.5, 0.0, 1.0), Pose(321.7, 210.1, -2.6, 1.03), Pose(50.0, 60.0, 4.0, 0.97)):
+        back = pose_of_box(pose_box(pose, 448, 352), pose.angle, pose.scale)
+        assert abs(back.cx - pose.cx) < 1e-9 and abs(back.cy - pose.cy) < 1e-9

@@ -13,6 +13,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from defectscan.pipeline.errors import InvalidArgumentError
 from defectscan.pipeline.images import decode_image, encode_png
 from defectscan.pipeline.synth import SheetSpec, reference_template
 from defectscan.producer.cli import cli
@@ -156,7 +157,7 @@ def _review_feeds_back(
     assert rejected and len(passed) >= 2, (rejected, passed)
     common = ["--out", out, "--registry", data["registry"]]
     wrong = CliRunner().invoke(cli, ["review", batch_id, *common, "--set", "nope.png:0=correct"])
-    assert wrong.exit_code == 2 and "no verdict" in wrong.output  # checked first: nothing recorded
+    assert isinstance(wrong.exception, InvalidArgumentError) and "no verdict" in str(wrong.exception)
     runs = S3Storage(bucket, f"results/{batch_id}")
     assert not list(runs.objects("review"))
     sets = [

@@ -103,7 +103,7 @@ def inspect_sheets(model_dir: Path, template: Path, sheets: int, out: Path) -> f
 
     model = AnomalyModel.load(model_dir)
     reference = decode_image(template.read_bytes(), str(template))
-    segmenter = Segmenter(reference, SegmentOptions(angles=parse_range("-3:3:1")))
+    segmenter = Segmenter(reference, SegmentOptions(scales=parse_range("0.95:1.05:0.05")))  # as the demo
     keys = write_sheet_images(LocalStorage(out / "in"), sheets, 7, 0.25, SheetSpec())
     info = ModelInfo(product="demo-foil", version=model.version, method=model.config.method)
     facts = ModelFacts.of(model.version, model.config.method, model.calibration)

@@ -10,14 +10,16 @@ for an instance is its latest.
 **Feedback** (a batch of a product with a registry): each confirmed false reject's aligned crop, cut
 again from the batch's input with the instance's pose, goes to ``<registry>/<product>/feedback/ok/``,
 where the next ``retrain`` takes it as an OK image; each confirmed defect (``correct`` on an anomalous
-instance, or ``missed_defect``) goes to ``feedback/defects/`` with a weak mask (its defect regions'
-boxes; the whole crop for a missed defect, whose regions the model did not find), for calibration's
-escape count. Crops that reach past their image's edge are left out, as in training.
+instance, or ``missed_defect``) goes to ``feedback/defects/`` with a weak mask, for calibration's
+escape count: where the batch kept its maps (``--save-maps``), the instance's anomaly map above its
+threshold, cut at the same pose; else its regions' boxes (the whole crop for a missed defect, whose
+regions the model did not find). Crops that reach past their image's edge are left out, as in training.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import secrets
 from collections.abc import Sequence
@@ -218,9 +220,9 @@ def feed_back(
             fed.ok.append(f"ok/{name}")
         else:
             target.put(f"defects/{name}", encode_png(crop), "image/png")
-            target.put(
-                f"defects/{name[:-4]}_mask.png", encode_png(_weak_mask(crop, instance, d)), "image/png"
-            )
+            amap = _map_crop(store.child(ITEMS), verdict, instance, template)
+            mask = encode_png(_weak_mask(crop, instance, d, amap))
+            target.put(f"defects/{name[:-4]}_mask.png", mask, "image/png")
             fed.defects.append(f"defects/{name}")
     return fed
 
@@ -236,9 +238,34 @@ def _crop(image: np.ndarray, instance: Instance, template: np.ndarray | None) ->
     return np.asarray(crop_at_pose(image, pose, width, height), np.uint8)
 
 
-def _weak_mask(crop: np.ndarray, instance: Instance, decision: Decision) -> np.ndarray:
-    """The defect's regions' boxes as a mask; the whole crop where the model found no region."""
+def _map_crop(
+    items: Storage, verdict: Verdict, instance: Instance, template: np.ndarray | None
+) -> np.ndarray | None:
+    """The instance's anomaly map at its crop's pose, where the batch saved the image's map."""
+    key = verdict.outputs.get("map")
+    if key is None:
+        return None
+    try:
+        amap = np.load(io.BytesIO(items.get(key)), allow_pickle=False)
+    except (DefectscanError, ValueError) as exc:
+        log.warning("%s: map unreadable (%s); boxes make the mask", key, exc)
+        return None
+    if template is None:
+        return np.asarray(amap, np.float32)
+    pose = pose_of_box(instance.box, instance.angle, instance.scale)
+    height, width = template.shape[:2]
+    return np.asarray(crop_at_pose(np.asarray(amap, np.float32), pose, width, height), np.float32)
+
+
+def _weak_mask(
+    crop: np.ndarray, instance: Instance, decision: Decision, amap: np.ndarray | None
+) -> np.ndarray:
+    """The instance's map above its threshold; without a map, its regions' boxes; the whole crop
+    where the model found nothing (a missed defect)."""
     mask = np.zeros(crop.shape[:2], np.uint8)
+    if amap is not None and amap.shape == mask.shape and (amap > instance.threshold).any():
+        mask[amap > instance.threshold] = 255
+        return np.dstack([mask] * 3)
     if decision.decision == "missed_defect" or not instance.defects:
         mask[:] = 255
     for defect in instance.defects:

@@ -4,6 +4,7 @@ the run's own files."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -312,12 +313,22 @@ def test_from_the_page_to_the_registry_open_mark_download_apply(
                     heatmap=f"{key}.{k}.heatmap.png",
                 )
             )
+        outputs = {}
+        if n == 1:  # this sheet kept its anomaly map (--save-maps): a hot square on instance 0's centre
+            amap = np.zeros(sheet.image.shape[:2], np.float32)
+            cx, cy = int(found[0].pose.cx), int(found[0].pose.cy)
+            amap[cy - 20 : cy + 21, cx - 20 : cx + 21] = 30.0
+            buffer = io.BytesIO()
+            np.save(buffer, amap, allow_pickle=False)
+            outputs["map"] = f"{key}.map.npy"
+            store.put(f"items/{key}.map.npy", buffer.getvalue())
         verdicts.append(
             Verdict(
                 image=ImageInfo(key=key),
                 model=ModelInfo(product="foil", version="v1", method="patchcore"),
                 verdict="defect",
                 instances=instances,
+                outputs=outputs,
             )
         )
         store.put(f"items/{key}.json", verdicts[-1].to_json())
@@ -363,3 +374,6 @@ def test_from_the_page_to_the_registry_open_mark_download_apply(
         got = decode_image(path.read_bytes(), path.name).astype(np.int16)
         want = crops[source].astype(np.int16)  # the crop segmentation cut, up to the verdict's rounding
         assert got.shape == want.shape and np.abs(got - want).mean() < 1.0
+    mask = decode_image((defect.parent / "cam1__sheet_1.png.0_mask.png").read_bytes(), "mask")[..., 0] > 0
+    height, width = mask.shape
+    assert mask[height // 2, width // 2] and 1500 < mask.sum() < 2000  # the map's 41x41 square, not a box

@@ -7,7 +7,8 @@ the overlay, ``I.<k>.heatmap.png`` each segmented instance's crop with its own m
 defects coloured by type (:mod:`pipeline.defect_mask`), with ``save_maps`` ``I.map.npy`` (the
 image-level anomaly map, float32, the same values as the scores), and ``I.json`` the verdict, last, so
 a verdict that exists describes pictures that exist. With ``lookout_compat`` the verdict also carries
-Amazon Lookout for Vision's ``DetectAnomalyResult`` (:mod:`pipeline.lookout`).
+Amazon Lookout for Vision's ``DetectAnomalyResult`` (:mod:`pipeline.lookout`), and ``I.lookout.json``
+holds the body of Lookout's ``DetectAnomalies`` response for the image, ``{"DetectAnomalyResult": ...}``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import BaseModel
 
 from defectscan.pipeline.defect_mask import colour_mask
 from defectscan.pipeline.images import encode_png
-from defectscan.pipeline.lookout import detect_anomaly_result
+from defectscan.pipeline.lookout import detect_anomalies_response, detect_anomaly_result
 from defectscan.pipeline.verdict import Verdict
 
 if TYPE_CHECKING:  # the inspection imports the models (torch); finishing one does not need them
@@ -60,6 +61,8 @@ def finish(key: str, item: str, result: Inspection, options: OutputOptions) -> F
             probability = max((i.confidence for i in verdict.instances), default=0.0)
             anomalous = verdict.verdict == "defect"
             verdict.lookout = detect_anomaly_result(anomalous, probability, result.type_mask, mask_png)
+            outputs["lookout"] = f"{item}.lookout.json"
+            files.append((outputs["lookout"], detect_anomalies_response(verdict.lookout), "application/json"))
     if options.save_maps and result.anomaly_map is not None:
         buffer = io.BytesIO()
         np.save(buffer, result.anomaly_map.astype(np.float32), allow_pickle=False)

@@ -27,6 +27,7 @@ from defectscan.producer.console import err, print_error, progress_bar
 from defectscan.producer.evaluation import print_metrics
 from defectscan.producer.local_cluster import local_cluster
 from defectscan.producer.local_segment import SegmentationRecord, crop_sources, segment_files
+from defectscan.producer.lookout_cli import lookout, staged_manifest
 from defectscan.producer.models_cli import MODEL_COMMANDS
 from defectscan.producer.ops_cli import OPS_COMMANDS
 from defectscan.producer.options import search_options, segment_options
@@ -153,8 +154,11 @@ def _read_set(folder: Path, label: str) -> ImageSet:
 
 
 @cli.command()
+@click.option("--ok", "ok_dir", type=click.Path(file_okay=False, path_type=Path), help="OK images.")
 @click.option(
-    "--ok", "ok_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="OK images."
+    "--manifest",
+    help="A Lookout for Vision manifest (a path or s3://) instead of --ok: normal images train, "
+    "anomalous ones are the labelled defects (unless --val-defects).",
 )
 @click.option(
     "--aux", "aux_dir", type=click.Path(file_okay=False, path_type=Path), help="Auxiliary OK-like images."
@@ -192,7 +196,8 @@ def _read_set(folder: Path, label: str) -> ImageSet:
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 def train(
-    ok_dir: Path,
+    ok_dir: Path | None,
+    manifest: str | None,
     aux_dir: Path | None,
     aux_weight: float,
     method: str,
@@ -209,6 +214,35 @@ def train(
     out: Path,
 ) -> None:
     """Train an anomaly model on OK images only (aligned crops, or whole images) into OUT."""
+    if (ok_dir is None) == (manifest is None):
+        raise click.UsageError("give exactly one of --ok and --manifest")
+    with staged_manifest(manifest, "train") as staged:
+        if staged is not None:
+            ok_dir = staged / "train" / "good"
+            if val_defects is None and (staged / "test").is_dir():
+                val_defects = staged / "test"
+        assert ok_dir is not None
+        _train(ok_dir, aux_dir, aux_weight, method, image_size, augment, val_defects, coreset_ratio,
+               tta_views, backbone, backbone_weights, layers, target_frr, folds, out)  # fmt: skip
+
+
+def _train(
+    ok_dir: Path,
+    aux_dir: Path | None,
+    aux_weight: float,
+    method: str,
+    image_size: int,
+    augment: str,
+    val_defects: Path | None,
+    coreset_ratio: float,
+    tta_views: str,
+    backbone: str,
+    backbone_weights: Path | None,
+    layers: str,
+    target_frr: float,
+    folds: int,
+    out: Path,
+) -> None:
     from defectscan.pipeline.model import AnomalyModel
 
     config = ModelConfig(
@@ -264,6 +298,7 @@ def _operating_point(cal: Calibration) -> str:
 @cli.command()
 @click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="MVTec layout.")
+@click.option("--manifest", help="A Lookout for Vision (test) manifest instead of --data: a path or s3://.")
 @click.option(
     "--pairs",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -277,6 +312,7 @@ def _operating_point(cal: Calibration) -> str:
 def evaluate(
     model_dir: Path | None,
     data: Path | None,
+    manifest: str | None,
     pairs: Path | None,
     image_size: int,
     no_tta: bool,
@@ -290,11 +326,14 @@ def evaluate(
 
     if pairs is not None:
         result = run_pair_evaluation(PairComparer(image_size=image_size), read_pairs(pairs))
-    elif model_dir is None or data is None:
-        raise click.UsageError("give --model and --data, or --pairs")
+    elif model_dir is None or (data is None) == (manifest is None):
+        raise click.UsageError("give --model and one of --data and --manifest, or --pairs")
     else:
         model = AnomalyModel.load(model_dir)
-        result = run_evaluation(model, mvtec_test_items(data), use_tta=not no_tta)
+        with staged_manifest(manifest, "test") as staged:
+            root = staged if staged is not None else data
+            assert root is not None
+            result = run_evaluation(model, mvtec_test_items(root), use_tta=not no_tta)
     print_metrics(result, err if json_out is None else Console())
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -454,7 +493,16 @@ def demo(out: Path, sheets: int) -> None:
     click.echo(f"model: {model_dir}   sample sheets: {data / 'sheets'}   ground truth: {data / 'truth'}")
 
 
-for _command in (*BATCH_COMMANDS, local_cluster, *MODEL_COMMANDS, threshold, report, review, *OPS_COMMANDS):
+for _command in (
+    *BATCH_COMMANDS,
+    local_cluster,
+    *MODEL_COMMANDS,
+    threshold,
+    report,
+    review,
+    lookout,
+    *OPS_COMMANDS,
+):
     cli.add_command(_command)
 
 

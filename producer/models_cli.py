@@ -23,7 +23,12 @@ def registry_option(fn):  # type: ignore[no-untyped-def]
 
 @click.command()
 @click.argument("product")
-@click.option("--ok", required=True, help="OK images (s3://... or a folder), read recursively.")
+@click.option("--ok", help="OK images (s3://... or a folder), read recursively.")
+@click.option(
+    "--manifest",
+    help="A Lookout for Vision manifest (s3://... or a path) instead of --ok: its normal images train, "
+    "its anomalous ones count escapes at the threshold.",
+)
 @click.option("--template", help="Template image: train on aligned crops of every instance.")
 @click.option("--aux", help="Auxiliary (augmented) OK images.")
 @click.option("--aux-weight", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0))
@@ -34,7 +39,8 @@ def registry_option(fn):  # type: ignore[no-untyped-def]
 @registry_option
 def retrain(
     product: str,
-    ok: str,
+    ok: str | None,
+    manifest: str | None,
     template: str | None,
     aux: str | None,
     aux_weight: float,
@@ -48,12 +54,15 @@ def retrain(
 
     One retrain per product at a time: a second request is refused while one runs."""
     join_key(product)  # a product name is one key segment
+    if (ok is None) == (manifest is None):
+        raise click.UsageError("give exactly one of --ok and --manifest")
     request_id = f"retrain-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
     req = RetrainRequest(
         request_id=request_id,
         product=product,
         registry=registry_location(registry),
         ok=ok,
+        manifest=manifest,
         template=template,
         aux=aux,
         aux_weight=aux_weight,

@@ -48,9 +48,10 @@ from defectscan.pipeline.saved_model import MODEL_CARD
 from defectscan.worker.app import app
 from defectscan.worker.batches import TTL_S, connect
 from defectscan.worker.datasets import IMAGE_SUFFIXES, mvtec_test_items
+from defectscan.worker.lookout_import import import_manifests
 from defectscan.worker.registry import Registry
 from defectscan.worker.review import FEEDBACK
-from defectscan.worker.storage import Storage, open_storage, read_location
+from defectscan.worker.storage import LocalStorage, Storage, open_storage, read_location
 
 log = logging.getLogger("defectscan.retrain")
 RETRAIN_TIME_LIMIT_S = 2 * 3600
@@ -76,7 +77,8 @@ class RetrainRequest(BaseModel):
     request_id: str
     product: str
     registry: str
-    ok: str
+    ok: str | None = None
+    manifest: str | None = None  # a Lookout manifest instead of --ok (worker.lookout_import)
     template: str | None = None
     aux: str | None = None
     aux_weight: float = 0.1
@@ -149,6 +151,22 @@ def read_images(location: str) -> tuple[list[Any], list[str], list[str]]:
     return images, names, skipped
 
 
+def read_training_set(req: RetrainRequest) -> tuple[list[Any], list[str], list[str], list[Any]]:
+    """The OK images of a request with their keys and the skipped ones' reasons, and its labelled
+    defects: ``--ok`` as it is, or a Lookout manifest's normal images (its anomalous ones are the
+    defects; lines it could not use count as skipped)."""
+    if req.manifest is None:
+        if req.ok is None:
+            raise InvalidArgumentError("--ok", "give --ok or --manifest")
+        return (*read_images(req.ok), [])
+    with tempfile.TemporaryDirectory(prefix="defectscan-manifest-") as staged:
+        report = import_manifests([(req.manifest, "train")], LocalStorage(staged))
+        images, names, skipped = read_images(str(Path(staged, "train", "good")))
+        defects = read_images(str(Path(staged, "test")))[0]
+    skipped += [f"{s.manifest}:{s.line}: {s.reason}" for s in report.skipped]
+    return images, names, skipped, defects
+
+
 def read_feedback(product_root: str) -> tuple[list[tuple[str, Any]], list[Any]]:
     """Reviewers' feedback of a product (:mod:`worker.review`): the confirmed false rejects' crops with
     their keys, and the confirmed defects' crops (their weak masks left aside)."""
@@ -176,7 +194,8 @@ def retrain_card(
         f"# {req.product} {version}",
         "",
         f"* Method: {req.method}, image size {req.image_size}, trained {metrics.get('trained_at', '')}",
-        f"* Data: {training.get('images', 0)} OK images from `{req.ok}` "
+        f"* Data: {training.get('images', 0)} OK images from "
+        f"{f'the Lookout manifest `{req.manifest}`' if req.manifest else f'`{req.ok}`'} "
         f"({training.get('skipped', 0)} skipped), "
         f"{training.get('crops', 0)} {'aligned crops' if req.template else 'whole images'}"
         + (f"; auxiliary images from `{req.aux}` at weight {req.aux_weight}" if req.aux else ""),
@@ -218,10 +237,10 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
     from defectscan.worker.evaluation import run_evaluation
 
     book.update(state="running", stage="reading images")
-    images, names, skipped = read_images(req.ok)
+    images, names, skipped, labelled = read_training_set(req)
     if not images:
         detail = f"{len(skipped)} unreadable: {skipped[0]}" if skipped else "no images under it"
-        raise TrainingDataError(req.ok, f"no usable OK images ({detail})")
+        raise TrainingDataError(req.manifest or str(req.ok), f"no usable OK images ({detail})")
     aux = read_images(req.aux)[0] if req.aux else []
     crops: list[Any] = images
     groups: list[str] = []  # with a template: each crop's photograph (one calibration fold each)
@@ -235,7 +254,9 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
         ]
         crops, groups = [c for _, c in cut], [key for key, _ in cut]
         if not crops:
-            raise TrainingDataError(req.ok, "the template was found in none of the OK images")
+            raise TrainingDataError(
+                req.manifest or str(req.ok), "the template was found in none of the OK images"
+            )
     feedback_ok, feedback_defects = read_feedback(f"{req.registry.rstrip('/')}/{req.product}")
     if feedback_ok:  # reviewers' confirmed false rejects: aligned crops, one photograph each
         crops = [*crops, *(img for _, img in feedback_ok)]
@@ -251,7 +272,7 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
         aux_weight=req.aux_weight,
         names=names,
         groups=groups,
-        val_defects=feedback_defects,
+        val_defects=[*feedback_defects, *labelled],
     )
     model.record.training["feedback"] = {"ok": len(feedback_ok), "defects": len(feedback_defects)}
     registry = Registry(req.registry)
@@ -263,6 +284,7 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
             "crops": len(crops),
             "aux": len(aux),
             "feedback": model.record.training["feedback"],
+            "labelled_defects": len(labelled),
         },
         "fit_s": round(time.perf_counter() - start, 2),
         "threshold": model.calibration.threshold,

@@ -126,6 +126,10 @@ def test_lookout_compat_adds_lookouts_fields_consistent_with_the_mask(
         assert names[0] == "background" and len(names) > 1 and all(n.isalnum() for n in names)
         types = {d["type"].replace("_", "") for d in raw["instances"][0]["defects"]}
         assert set(names[1:]) == types
+        response = json.loads((out / raw["outputs"]["lookout"]).read_text())  # DetectAnomalies' body
+        assert response == {"DetectAnomalyResult": result} and raw["outputs"]["lookout"].endswith(
+            ".lookout.json"
+        )
         png = base64.b64decode(result["AnomalyMask"])
         assert png == (out / raw["outputs"]["mask"]).read_bytes()
         mask = decode_image(png, "mask")

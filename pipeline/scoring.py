@@ -18,6 +18,7 @@ the threshold exactly when some pixel of its map does. It is never clipped; ``no
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from defectscan.pipeline import fusion, tta
 from defectscan.pipeline.backbone import normalization
 from defectscan.pipeline.calibration import Calibration
 from defectscan.pipeline.errors import InvalidArgumentError
+from defectscan.pipeline.folded import folded_copy
 from defectscan.pipeline.fusion import FusedNet
 from defectscan.pipeline.model_config import ModelConfig
 from defectscan.pipeline.preprocess import Normaliser, pixel_batch
@@ -52,12 +54,14 @@ def device() -> torch.device:
 
 
 class CropScorer:
-    """Anomaly maps of crops from a network and the config it was built from."""
+    """Anomaly maps of crops from a network and the config it was built from. Scoring runs an
+    inference copy of the network whose feature extractor has batch norm folded into its convolutions
+    (:mod:`pipeline.folded`; ``fold=False`` runs the network as it is)."""
 
-    def __init__(self, config: ModelConfig, net: nn.Module) -> None:
+    def __init__(self, config: ModelConfig, net: nn.Module, fold: bool = True) -> None:
         self.config = config
-        self.net = net
         self.normalise = Normaliser(*normalization(config.backbone), device())
+        self.net = inference_net(net, config.image_size) if fold else net
 
     def pixels(self, images: Sequence[NDArray[np.uint8]]) -> torch.Tensor:
         """Crops as a [0, 1] batch at the model's size, on the model's device."""
@@ -113,6 +117,25 @@ class CropScorer:
                 name: self.member_maps(member, batch, fusion.member_views(name, self.config.tta_views))
                 for name, member in self.net.members.items()
             }
+
+
+def inference_net(net: nn.Module, image_size: int) -> nn.Module:
+    """``net`` scoring through a folded copy of its feature extractor (the other modules, the memory
+    bank and every buffer shared with ``net``), or ``net`` itself where nothing folds."""
+    extractor = getattr(net, "feature_extractor", None)
+    if (
+        isinstance(net, FusedNet)
+        or getattr(net, "takes_pixels", False)
+        or not isinstance(extractor, nn.Module)
+    ):
+        return net
+    probe = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    folded = folded_copy(extractor, probe.to(device()))
+    if folded is None:
+        return net
+    twin = copy.copy(net)  # shares parameters, buffers (the memory bank) and the other modules
+    twin._modules = {**net._modules, "feature_extractor": folded}
+    return twin
 
 
 def filled(

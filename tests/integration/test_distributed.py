@@ -94,6 +94,7 @@ def test_a_nightly_batch_runs_on_two_workers_and_reruns_idempotently(
             "foil",
             "--angles",
             "-3:3:1",
+            "--lookout-compat",
         ]
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
@@ -162,7 +163,15 @@ def test_a_nightly_batch_runs_on_two_workers_and_reruns_idempotently(
         local_out, template = tmp_path / "local", tmp_path / "t.png"
         template.write_bytes(encode_png(reference_template()))
         local_args = ["inspect", nightly["local"], "--model", nightly["model_dir"], "--out", str(local_out)]
-        local_args += ["--template", str(template), "--product", "foil", "--angles", "-3:3:1"]
+        local_args += [
+            "--template",
+            str(template),
+            "--product",
+            "foil",
+            "--angles",
+            "-3:3:1",
+            "--lookout-compat",
+        ]
         local = CliRunner().invoke(cli, local_args)
         assert local.exit_code == 0, local.output
         for key in ("line0/sheet_000.png", "line1/sheet_013.png"):
@@ -171,6 +180,9 @@ def test_a_nightly_batch_runs_on_two_workers_and_reruns_idempotently(
             mine.pop("timings_ms"), theirs.pop("timings_ms")
             assert mine == theirs  # the same verdict, whichever path wrote it
             assert (local_out / f"{key}.heatmap.png").read_bytes() == batch.get(f"items/{key}.heatmap.png")
+            response = batch.get(f"items/{key}.lookout.json")  # Lookout's DetectAnomalies body, per image
+            assert (local_out / f"{key}.lookout.json").read_bytes() == response
+            assert json.loads(response) == {"DetectAnomalyResult": theirs["DetectAnomalyResult"]}
     finally:
         keys = list(client.scan_iter(f"{PREFIX}{batch_id}:*"))
         if keys:

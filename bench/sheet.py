@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections import defaultdict
@@ -43,12 +44,13 @@ SCALES = "0.95:1.05:0.05"  # as the demo segments
 # The job, as a script a child process runs with either this tree's code or a baseline's: only names
 # both have (the local inspect run), so a baseline from before this bench measures the same thing.
 JOB = r"""
-import json, sys, time, warnings
+import inspect, json, sys, time, warnings
 warnings.filterwarnings("ignore")
 from pathlib import Path
 from defectscan.pipeline.images import decode_image
 from defectscan.pipeline.inspection import inspect_image
 from defectscan.pipeline.model import AnomalyModel
+from defectscan.pipeline.outputs import OutputOptions
 from defectscan.pipeline.segment import Segmenter, SegmentOptions, parse_range
 from defectscan.pipeline.verdict import ModelInfo
 from defectscan.producer.inspect_files import run_inspection
@@ -60,11 +62,13 @@ segmenter = Segmenter(decode_image(Path(template).read_bytes(), template),
                       SegmentOptions(scales=parse_range("@SCALES@")))
 items = sorted((p.relative_to(sheets).as_posix(), p) for p in Path(sheets).rglob("*.png"))
 info = ModelInfo(product="bench", version=str(getattr(model, "version", None)), method=model.config.method)
+options = OutputOptions()  # what `inspect` writes by default, in either tree
+own = {"pictures": options.pictures} if "pictures" in inspect.signature(inspect_image).parameters else {}
 best = float("inf")
 for r in range(int(repeats)):
     start = time.perf_counter()
-    run_inspection(items, lambda data, key: inspect_image(data, key, model, segmenter, "bench"), info,
-                   LocalStorage(Path(out) / str(r)))
+    run_inspection(items, lambda data, key: inspect_image(data, key, model, segmenter, "bench", **own), info,
+                   LocalStorage(Path(out) / str(r)), options)
     best = min(best, time.perf_counter() - start)
 print(json.dumps({"seconds": best, "sheets": len(items)}))
 """.replace("@SCALES@", SCALES)
@@ -88,23 +92,27 @@ def run_job(python_path: str, model: Path, template: Path, sheets: Path, out: Pa
 
 
 class Stages:
-    """Seconds spent in named stages, by wrapping functions and methods while a job runs."""
+    """Seconds spent in named stages, by wrapping functions and methods while a job runs (on any
+    thread: the writer thread's encoding overlaps the next image's inspection, so shares may add up
+    to more than the wall time)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
-        self._depth = 0
+        self._local = threading.local()
+        self._lock = threading.Lock()
 
     def wrap(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            if self._depth:  # a stage inside a stage counts once, in the outer one
+            if getattr(self._local, "depth", 0):  # a stage inside a stage counts once, in the outer one
                 return fn(*args, **kwargs)
-            self._depth += 1
+            self._local.depth = 1
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds[stage] += time.perf_counter() - start
-                self._depth -= 1
+                with self._lock:
+                    self.seconds[stage] += time.perf_counter() - start
+                self._local.depth = 0
 
         return timed
 
@@ -123,6 +131,7 @@ class Stages:
 def staged_job(model: Any, segmenter: Any, sheets: Path, out: Path) -> tuple[dict[str, float], float, int]:
     """The job in this process with its stages timed: seconds per stage, total seconds, crops."""
     from defectscan.pipeline import inspection, outputs, scoring
+    from defectscan.pipeline.outputs import OutputOptions
     from defectscan.pipeline.preprocess import Normaliser
     from defectscan.pipeline.segment import Segmenter
     from defectscan.pipeline.verdict import ModelInfo
@@ -130,7 +139,8 @@ def staged_job(model: Any, segmenter: Any, sheets: Path, out: Path) -> tuple[dic
     from defectscan.worker.storage import LocalStorage
 
     stages = Stages()
-    net = model.net
+    options = OutputOptions()  # what `inspect` writes by default
+    net = model.scorer.net
     targets: list[tuple[object, str, str]] = [
         (inspection, "decode_oriented", "decode"),
         (Segmenter, "find", "segment"),
@@ -139,7 +149,7 @@ def staged_job(model: Any, segmenter: Any, sheets: Path, out: Path) -> tuple[dic
         (scoring, "filled", "preprocess"),
         (scoring.CropScorer, "pixels", "preprocess"),
         (Normaliser, "__call__", "preprocess"),
-        (net.feature_extractor, "forward", "backbone"),
+        (model.scorer.net.feature_extractor, "forward", "backbone"),
         (type(net), "nearest_neighbors", "search"),
         (type(net), "compute_anomaly_score", "search"),
         (inspection, "grade_regions", "grade"),
@@ -156,14 +166,14 @@ def staged_job(model: Any, segmenter: Any, sheets: Path, out: Path) -> tuple[dic
 
     def inspect(data: bytes, key: str) -> Any:
         nonlocal scored_ms, crops
-        result = inspection.inspect_image(data, key, model, segmenter, "bench")
+        result = inspection.inspect_image(data, key, model, segmenter, "bench", pictures=options.pictures)
         scored_ms += result.verdict.timings_ms.get("score", 0.0)
         crops += len(result.verdict.instances)
         return result
 
     with stages.patched(targets):
         start = time.perf_counter()
-        run_inspection(items, inspect, info, LocalStorage(out))
+        run_inspection(items, inspect, info, LocalStorage(out), options)
         total = time.perf_counter() - start
     seconds = dict(stages.seconds)
     inner = sum(seconds.get(k, 0.0) for k in ("preprocess", "backbone", "search"))
@@ -195,7 +205,7 @@ def backbone_floor(model: Any, segmenter: Any, sheets: Path) -> tuple[float, flo
         for _ in range(3):
             start = time.perf_counter()
             for batch in batches:
-                model.net.feature_extractor(batch)
+                model.scorer.net.feature_extractor(batch)  # the backbone scoring runs
             floor = min(floor, time.perf_counter() - start)
             start = time.perf_counter()
             model.score(crops, inside=inside)

@@ -32,6 +32,7 @@ from defectscan.pipeline.geometry import placement_matrix
 from defectscan.pipeline.grade import grade_regions, level_of
 from defectscan.pipeline.images import DEFAULT_MAX_PIXELS, decode_oriented, gray_rgb, is_gray
 from defectscan.pipeline.model import AnomalyModel
+from defectscan.pipeline.outputs import Pictures, wanted
 from defectscan.pipeline.pairs import PairComparer
 from defectscan.pipeline.regions import region_map
 from defectscan.pipeline.render import heatmap_overlay, label_defects
@@ -46,7 +47,7 @@ class Inspection:
     verdict: Verdict
     anomaly_map: NDArray[np.float32] | None = field(default=None, repr=False)
     heatmap: NDArray[np.uint8] | None = field(default=None, repr=False)
-    crop_heatmaps: list[NDArray[np.uint8]] = field(default_factory=list, repr=False)
+    crop_heatmaps: list[NDArray[np.uint8] | None] = field(default_factory=list, repr=False)
     type_mask: NDArray[np.uint8] | None = field(default=None, repr=False)
 
 
@@ -109,9 +110,12 @@ def inspect_image(
     min_area: int = 16,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     passes: tuple[type[BaseException], ...] = (),
+    pictures: Pictures = "all",
 ) -> Inspection:
     """Inspect one encoded image with a trained model (and a template's segmenter, if any). A failure is
-    the image's ``error`` verdict, except exceptions of the ``passes`` types, which are raised on."""
+    the image's ``error`` verdict, except exceptions of the ``passes`` types, which are raised on.
+    Pictures are rendered as ``pictures`` asks (:func:`pipeline.outputs.wanted`); the verdict is the
+    same whatever it asks."""
     info = ModelInfo(product=product, version=model.version, method=model.config.method)
 
     def body(rgb: NDArray[np.uint8], clock: _Clock) -> Inspection:
@@ -167,15 +171,19 @@ def inspect_image(
                 _place(labels, type_mask(res.anomaly_map.shape, graded), matrix)
                 crop_labels.append(_captions(defects))
                 image_labels += [(d.severity, _corner(d.box, matrix), _caption(d)) for d in defects]
+        anomalous = any(i.is_anomalous for i in instances)
         with clock.stage("render"):
-            image_labels.sort(key=lambda label: -label[0])  # the worst defects get their places first
-            overlay = heatmap_overlay(rgb, image_map, threshold)
-            heatmap = label_defects(overlay, [(corner, text) for _, corner, text in image_labels])
+            heatmap = None
+            if wanted(pictures, anomalous):
+                image_labels.sort(key=lambda label: -label[0])  # the worst defects get their places first
+                overlay = heatmap_overlay(rgb, image_map, threshold)
+                heatmap = label_defects(overlay, [(corner, text) for _, corner, text in image_labels])
             per_crop = [
                 label_defects(heatmap_overlay(c, r.anomaly_map, threshold), marks)
+                if wanted(pictures, r.is_anomalous)
+                else None
                 for c, r, marks in zip(crops, results, crop_labels, strict=True)
             ]
-        anomalous = any(i.is_anomalous for i in instances)
         verdict = Verdict(
             image=ImageInfo(key=key),
             model=info,

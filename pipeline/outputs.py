@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -29,17 +29,29 @@ if TYPE_CHECKING:  # the inspection imports the models (torch); finishing one do
     from defectscan.pipeline.inspection import Inspection
 
 
+Pictures = Literal["all", "defects", "none"]
+PICTURE_LEVEL = 1  # zlib level of the pictures: written for every image, read by people
+
+
 class OutputOptions(BaseModel):
-    """What is written for each image beyond its verdict, heatmaps and mask."""
+    """What is written for each image beside its verdict. ``pictures``: the heatmaps and type mask of
+    every image and instance (``all``), of anomalous ones only (``defects``, the default: the verdicts
+    are the same, and an ok part's picture is rarely looked at), or none."""
 
     save_maps: bool = False
     lookout_compat: bool = False
+    pictures: Pictures = "defects"
 
 
 @dataclass
 class Finished:
     verdict: Verdict
     files: list[tuple[str, bytes, str]] = field(default_factory=list)  # (key, bytes, content type)
+
+
+def wanted(pictures: Pictures, anomalous: bool) -> bool:
+    """Whether an image's or an instance's picture is made under ``pictures``."""
+    return pictures == "all" or (pictures == "defects" and anomalous)
 
 
 def finish(key: str, item: str, result: Inspection, options: OutputOptions) -> Finished:
@@ -50,13 +62,15 @@ def finish(key: str, item: str, result: Inspection, options: OutputOptions) -> F
         verdict.image.stored_as = item
     files = []
     outputs = {}
-    if result.heatmap is not None:
+    pictures = wanted(options.pictures, verdict.verdict == "defect")
+    if result.heatmap is not None and pictures:
         outputs["heatmap"] = f"{item}.heatmap.png"
-        files.append((outputs["heatmap"], encode_png(result.heatmap), "image/png"))
-    if result.type_mask is not None:
-        mask_png = encode_png(colour_mask(result.type_mask))
-        outputs["mask"] = f"{item}.mask.png"
-        files.append((outputs["mask"], mask_png, "image/png"))
+        files.append((outputs["heatmap"], encode_png(result.heatmap, PICTURE_LEVEL), "image/png"))
+    if result.type_mask is not None and (pictures or options.lookout_compat):
+        mask_png = encode_png(colour_mask(result.type_mask), PICTURE_LEVEL)
+        if pictures:
+            outputs["mask"] = f"{item}.mask.png"
+            files.append((outputs["mask"], mask_png, "image/png"))
         if options.lookout_compat:
             probability = max((i.confidence for i in verdict.instances), default=0.0)
             anomalous = verdict.verdict == "defect"
@@ -69,8 +83,9 @@ def finish(key: str, item: str, result: Inspection, options: OutputOptions) -> F
         outputs["map"] = f"{item}.map.npy"
         files.append((outputs["map"], buffer.getvalue(), "application/octet-stream"))
     for instance, picture in zip(verdict.instances, result.crop_heatmaps, strict=False):
-        instance.heatmap = f"{item}.{instance.index}.heatmap.png"
-        files.append((instance.heatmap, encode_png(picture), "image/png"))
+        if picture is not None and wanted(options.pictures, instance.is_anomalous):
+            instance.heatmap = f"{item}.{instance.index}.heatmap.png"
+            files.append((instance.heatmap, encode_png(picture, PICTURE_LEVEL), "image/png"))
     verdict.outputs = outputs
     files.append((f"{item}.json", verdict.to_json(), "application/json"))
     return Finished(verdict, files)

@@ -21,7 +21,9 @@ and no mask is needed.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -111,6 +113,11 @@ class Detection:
     score: float
 
 
+def _threads() -> int:
+    """Threads for the search: OpenCV's matching releases the GIL, and one small match uses one core."""
+    return max(1, min(cv2.getNumThreads(), os.cpu_count() or 1))
+
+
 def _step(values: tuple[float, ...]) -> float:
     return min(np.diff(values)) if len(values) > 1 else 0.0
 
@@ -197,27 +204,35 @@ class Segmenter:
                 name, f"image {iw}x{ih} is smaller than the template {self.width}x{self.height}"
             )
         gray = to_gray(image)
-        candidates = self._coarse(gray)
-        refined = [d for d in (self._refine(gray, c) for c in candidates) if d is not None]
+        with ThreadPoolExecutor(_threads(), thread_name_prefix="segment") as pool:
+            candidates = self._coarse(gray, pool)
+            refined = [d for d in pool.map(lambda c: self._refine(gray, c), candidates) if d is not None]
         refined = [d for d in refined if d.score >= self.options.min_score]
         keep = nms([d.box for d in refined], [d.score for d in refined], self.options.nms_iou)
         chosen = [refined[i] for i in keep[: self.options.max_instances]]
         return _reading_order(chosen, self.height)
 
-    def _coarse(self, gray: Gray) -> list[tuple[float, float, float, float]]:
-        """Candidate (cx, cy, angle, scale) at full-resolution coordinates, best first."""
+    def _coarse(self, gray: Gray, pool: ThreadPoolExecutor) -> list[tuple[float, float, float, float]]:
+        """Candidate (cx, cy, angle, scale) at full-resolution coordinates, best first. The (angle,
+        scale) correlations run on ``pool`` and are merged in their order, as one thread would."""
         f = self.factor
         size = (gray.shape[1] // f, gray.shape[0] // f)
         small = gray if f == 1 else cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         best = np.full(small.shape, -1.0, np.float32)
         which = np.zeros(small.shape, np.int32)
         combos = [(a, s) for a in self.options.angles for s in self.options.scales]
-        for j, (angle, scale) in enumerate(combos):
-            tpl = self._rotated(angle, scale, f)
+
+        def correlate(combo: tuple[float, float]) -> tuple[NDArray[np.float32], int, int] | None:
+            tpl = self._rotated(combo[0], combo[1], f)
             th, tw = tpl.shape
             if th > small.shape[0] or tw > small.shape[1]:
+                return None
+            return np.asarray(cv2.matchTemplate(small, tpl, cv2.TM_CCOEFF_NORMED), np.float32), th, tw
+
+        for j, found in enumerate(pool.map(correlate, combos)):
+            if found is None:
                 continue
-            result = cv2.matchTemplate(small, tpl, cv2.TM_CCOEFF_NORMED)
+            result, th, tw = found
             oy, ox = (th - 1) // 2, (tw - 1) // 2
             region = best[oy : oy + result.shape[0], ox : ox + result.shape[1]]
             better = result > region

@@ -23,7 +23,7 @@ from defectscan.producer.console import err, progress_bar
 from defectscan.producer.enqueue import enqueue_batch, storage_counts
 from defectscan.producer.nightly import ENV as NIGHTLY_ENV
 from defectscan.producer.nightly import Nightly, beat_argv
-from defectscan.producer.options import search_options, segment_options
+from defectscan.producer.options import pictures_option, search_options, segment_options
 from defectscan.worker.app import INFERENCE_QUEUE, RETRAIN_QUEUE, bookkeeping_url
 from defectscan.worker.batch_spec import absolute_location
 from defectscan.worker.batches import BatchBook, BatchCounts, connect
@@ -52,6 +52,7 @@ STATUS_WAIT_S = 30.0  # how long status waits for an unavailable broker before i
     "--min-area", default=16, show_default=True, type=click.IntRange(1), help="Smallest region, px."
 )
 @click.option("--save-maps", is_flag=True, help="Also write <image>.map.npy.")
+@pictures_option
 @click.option("--lookout-compat", is_flag=True, help="Add Lookout for Vision's DetectAnomalyResult.")
 @segment_options
 def enqueue(
@@ -64,6 +65,7 @@ def enqueue(
     product: str | None,
     min_area: int,
     save_maps: bool,
+    pictures: str,
     lookout_compat: bool,
     max_instances: int,
     min_score: float,
@@ -85,7 +87,7 @@ def enqueue(
         product,
         search_options(angles, scales, min_score, max_instances, pyramid),
         min_area,
-        OutputOptions(save_maps=save_maps, lookout_compat=lookout_compat),
+        OutputOptions(save_maps=save_maps, lookout_compat=lookout_compat, pictures=pictures),
         max_pixels=max_pixels,
     )
     held = f", {done.held_images} left to running chunks" if done.held_images else ""

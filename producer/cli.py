@@ -30,7 +30,7 @@ from defectscan.producer.local_segment import SegmentationRecord, crop_sources, 
 from defectscan.producer.lookout_cli import lookout, staged_manifest
 from defectscan.producer.models_cli import MODEL_COMMANDS
 from defectscan.producer.ops_cli import OPS_COMMANDS
-from defectscan.producer.options import search_options, segment_options
+from defectscan.producer.options import pictures_option, search_options, segment_options
 from defectscan.producer.report_cli import report
 from defectscan.producer.review_cli import review
 from defectscan.producer.synth_files import write_synthetic_set
@@ -355,6 +355,7 @@ def evaluate(
     "--min-area", default=16, show_default=True, type=click.IntRange(1), help="Smallest region, px."
 )
 @click.option("--save-maps", is_flag=True, help="Also write <image>.map.npy (float32 anomaly map).")
+@pictures_option
 @click.option(
     "--lookout-compat",
     is_flag=True,
@@ -372,6 +373,7 @@ def inspect(
     product: str | None,
     min_area: int,
     save_maps: bool,
+    pictures: str,
     lookout_compat: bool,
     image_size: int,
     threshold: float,
@@ -393,6 +395,7 @@ def inspect(
     from defectscan.worker.report import ModelFacts
 
     storage = LocalStorage(out)
+    options = OutputOptions(save_maps=save_maps, lookout_compat=lookout_compat, pictures=pictures)
     if pairs is not None:
         comparer = PairComparer(image_size=image_size)
         rows = read_pairs(pairs)
@@ -431,7 +434,9 @@ def inspect(
         items = [(_relative(path, input_dir), path) for path in expand_inputs([input_dir])]
 
         def run(data: bytes, key: str) -> Inspection:
-            return inspect_image(data, key, model, segmenter, product, min_area, max_pixels)
+            return inspect_image(
+                data, key, model, segmenter, product, min_area, max_pixels, pictures=options.pictures
+            )
 
         info = ModelInfo(product=product, version=str(model.version), method=model.config.method)
         facts = ModelFacts.of(model.version, model.config.method, model.calibration)
@@ -442,7 +447,6 @@ def inspect(
             if verdict.error is not None:
                 print_error(verdict.error.message, verdict.error.code)
 
-        options = OutputOptions(save_maps=save_maps, lookout_compat=lookout_compat)
         summary = run_inspection(items, run, info, storage, options, report, facts)
     click.echo(
         f"inspected {summary.images} images: {json.dumps(summary.verdicts)}; {summary.instances} instances, "

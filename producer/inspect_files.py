@@ -11,7 +11,9 @@ summary.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from defectscan.pipeline.errors import DefectscanError
@@ -34,18 +36,17 @@ def run_inspection(
     on_image: Callable[[str, Verdict], None] | None = None,
     facts: ModelFacts | None = None,
 ) -> Summary:
-    """Inspect ``(key, path)`` items; write each result, then ``report.html``, then the summary."""
+    """Inspect ``(key, path)`` items; write each result, then ``report.html``, then the summary.
+
+    An image's files are encoded and written on a second thread while the next image is inspected
+    (PNG encoding releases the GIL); verdicts are counted in input order."""
     summary = Summary()
     verdicts: list[Verdict] = []
-    for key, path in items:
+    options = options or OutputOptions()
+
+    def settle(key: str, result: Inspection, written: Future[Verdict]) -> None:
         try:
-            result = inspect(read_local(path), key)
-        except Exception as exc:  # inspect() turns its own failures into verdicts; this is the rest
-            if not isinstance(exc, DefectscanError):
-                log.exception("inspecting %r failed", key)
-            result = Inspection(error_verdict(key, model, exc))
-        try:
-            verdict = write_inspection(out, key, result, options or OutputOptions())
+            verdict = written.result()
         except Exception as exc:  # not even the error verdict could be written: the summary says so
             log.exception("writing the results of %r failed", key)
             verdict = error_verdict(result.verdict.image, model, exc)
@@ -53,6 +54,21 @@ def run_inspection(
         verdicts.append(verdict)
         if on_image is not None:
             on_image(key, verdict)
+
+    pending: deque[tuple[str, Inspection, Future[Verdict]]] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
+        for key, path in items:
+            try:
+                result = inspect(read_local(path), key)
+            except Exception as exc:  # inspect() turns its own failures into verdicts; this is the rest
+                if not isinstance(exc, DefectscanError):
+                    log.exception("inspecting %r failed", key)
+                result = Inspection(error_verdict(key, model, exc))
+            pending.append((key, result, writer.submit(write_inspection, out, key, result, options)))
+            while len(pending) > 1:  # one image's files in flight beside the next inspection
+                settle(*pending.popleft())
+        while pending:
+            settle(*pending.popleft())
     write_report(out, verdicts, summary, facts or ModelFacts(version=model.version, method=model.method))
     out.put(SUMMARY, summary.to_json(), "application/json")
     return summary

@@ -39,6 +39,18 @@ def segment_options(fn: Callable[..., None]) -> Callable[..., None]:
     return fn
 
 
+def pictures_option(fn: Callable[..., None]) -> Callable[..., None]:
+    """``--pictures``, shared by ``inspect`` and ``enqueue``."""
+    return click.option(
+        "--pictures",
+        type=click.Choice(["all", "defects", "none"]),
+        default="defects",
+        show_default=True,
+        help="Heatmaps and type masks of every image and instance, of anomalous ones only, or none "
+        "(the verdicts are the same).",
+    )(fn)
+
+
 def search_options(
     angles: str, scales: str, min_score: float, max_instances: int, pyramid: bool
 ) -> SegmentOptions:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from defectscan.pipeline.images import DEFAULT_MAX_PIXELS
 from defectscan.pipeline.outputs import OutputOptions
@@ -42,6 +42,14 @@ class BatchSpec(BaseModel):
     images: int = 0
     chunk: int = 16
     created_at: str
+
+    @field_validator("outputs", mode="before")
+    @classmethod
+    def _pictures_as_enqueued(cls, value: object) -> object:
+        """A batch enqueued before ``pictures`` existed drew every picture: it keeps doing so."""
+        if isinstance(value, dict) and "pictures" not in value:
+            return {**value, "pictures": "all"}
+        return value
 
     def to_json(self) -> bytes:
         return (self.model_dump_json(by_alias=True, indent=2) + "\n").encode()

@@ -118,7 +118,15 @@ def inspect_keys(spec: BatchSpec, segmenter: Segmenter | None, keys: list[str]) 
                 yield Inspection(error_verdict(key, info, data))
                 continue
             yield inspect_image(
-                data, key, model, segmenter, spec.product, spec.min_area, spec.max_pixels, INTERRUPTS
+                data,
+                key,
+                model,
+                segmenter,
+                spec.product,
+                spec.min_area,
+                spec.max_pixels,
+                INTERRUPTS,
+                spec.outputs.pictures,
             )
 
 

@@ -57,7 +57,7 @@ def test_every_awkward_input_gets_exactly_one_verdict(model_dir: Path, tmp_path:
     template = tmp_path / "template.png"
     template.write_bytes(encode_png(reference_template()))
     args = ["inspect", str(inputs), "--model", str(model_dir), "--template", str(template), "--out", str(out)]
-    result = CliRunner().invoke(cli, [*args, "--angles=-3:3:1"])
+    result = CliRunner().invoke(cli, [*args, "--angles=-3:3:1", "--pictures", "all"])
     assert result.exit_code == 1, result.output  # some inputs failed: 1, never a traceback
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == len(cases)
@@ -90,7 +90,7 @@ def test_a_result_the_store_refuses_becomes_an_error_verdict_under_the_hashed_ke
     info = ModelInfo(method="patchcore")
     verdict = Verdict.model_validate({"image": {"key": "sheet.png"}, "model": info, "verdict": "ok"})
     result = Inspection(verdict, heatmap=np.zeros((4, 4, 3), np.uint8))
-    written = write_inspection(out, "sheet.png", result, OutputOptions())
+    written = write_inspection(out, "sheet.png", result, OutputOptions(pictures="all"))
     assert written.verdict == "error" and written.error is not None
     assert written.error.code == "write_failed" and "sheet.png" in written.error.message
     assert written.image.stored_as == hashed_key("sheet.png")

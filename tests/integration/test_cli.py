@@ -165,7 +165,8 @@ def test_console_script_demo_runs_the_main_job(tmp_path: Path) -> None:
     assert str(results) in proc.stdout
     summary = json.loads((results / "summary.json").read_text())
     assert summary["images"] == 3 and summary["instances"] == 24 and not summary["failures"]
-    assert len(list(results.glob("sheet_*.png.heatmap.png"))) == 3
+    defective = summary["verdicts"].get("defect", 0)  # pictures of defective sheets only, by default
+    assert defective and len(list(results.glob("sheet_*.png.heatmap.png"))) == defective
     page = (results / "report.html").read_text()  # the run's page, with the model's operating point
     assert "expected false-reject rate" in page and page.count("sheet_") >= 3
     calls = []  # (defective by the ground truth, anomalous by the verdict) for every instance

@@ -70,7 +70,8 @@ def test_inspect_writes_verdicts_mirroring_the_inputs(
     (tmp_path / "t.png").write_bytes(encode_png(template))
     out = tmp_path / "out"
     args = ["inspect", str(inputs), "--model", str(model), "--template", str(tmp_path / "t.png")]
-    result = CliRunner().invoke(cli, [*args, "--out", str(out), "--save-maps", "--product", "foil-star"])
+    extra = ["--save-maps", "--pictures", "all", "--product", "foil-star"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(out), *extra])
     assert result.exit_code == 1, result.output  # two images failed; the run went on
     good = Verdict.model_validate_json((out / "line3" / "a.png.json").read_bytes())
     assert good.schema_ == "defectscan.verdict/1" and good.image.key == "line3/a.png"

@@ -361,3 +361,62 @@ def test_fold_sets_keep_the_crops_of_one_photograph_together() -> None:
     assert all(a.isdisjoint(b) for k, a in enumerate(owners) for b in owners[k + 1 :])
     assert fold_sets(10, 5, ["a"] * 5 + ["b"] * 5) == fold_sets(10, 5)  # fewer photographs than folds
     assert fold_sets(10, 5) == [{0, 5}, {1, 6}, {2, 7}, {3, 8}, {4, 9}]
+
+
+def test_scoring_through_folded_batch_norm_gives_the_same_maps(
+    patchcore: AnomalyModel, good: list[np.ndarray]
+) -> None:
+    """Folding stays within float32 rounding: against the network in float64, the folded features
+    err no more than the unfolded ones do; scores agree to 2e-4 and verdicts exactly (PatchCore's
+    distances between near-equal embeddings amplify the features' last bits in the maps)."""
+    import copy
+
+    from defectscan.pipeline.scoring import CropScorer
+
+    folded = patchcore.scorer
+    assert folded.net is not patchcore.net and folded.net.memory_bank is patchcore.net.memory_bank
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.net.feature_extractor.modules())
+    assert any(k.endswith("bn1.running_mean") for k in patchcore.net.state_dict())  # saved: anomalib's
+    batch = folded.normalise(folded.pixels(good[:4]))
+    with torch.no_grad():
+        exact = copy.deepcopy(patchcore.net.feature_extractor).double()(batch.double())
+        plain = patchcore.net.feature_extractor(batch)
+        fast = folded.net.feature_extractor(batch)
+    for name, want in exact.items():
+        plain_error = float((plain[name].double() - want).abs().max())
+        folded_error = float((fast[name].double() - want).abs().max())
+        assert folded_error <= 2 * plain_error + 1e-6 * float(want.abs().max()), name
+    a = patchcore.score(good[:6])
+    patchcore.scorer = CropScorer(patchcore.config, patchcore.net, fold=False)
+    try:
+        b = patchcore.score(good[:6])
+    finally:
+        patchcore.scorer = folded
+    for x, y in zip(a, b, strict=True):
+        assert x.score == pytest.approx(y.score, rel=2e-4) and x.is_anomalous == y.is_anomalous
+        assert np.abs(x.anomaly_map - y.anomaly_map).max() <= 0.01 * float(y.anomaly_map.max())
+
+
+def test_folding_refuses_a_network_that_does_not_run_conv_then_norm() -> None:
+    from defectscan.pipeline.folded import folded_copy
+
+    class NormFirst(torch.nn.Module):  # registers conv before norm, runs norm first
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(self.bn(x))
+
+    net = NormFirst().eval()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-1, 1)
+        net.bn.running_var.uniform_(0.5, 2)
+    probe = torch.randn(1, 3, 16, 16)
+    assert folded_copy(net, probe) is None
+    ordinary = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    with torch.no_grad():
+        ordinary[1].running_mean.uniform_(-1, 1)
+    fused = folded_copy(ordinary, probe)
+    assert fused is not None and torch.allclose(fused(probe), ordinary(probe), atol=1e-5)

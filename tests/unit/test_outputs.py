@@ -40,7 +40,9 @@ def test_finish_names_every_file_and_leaves_the_inspection_as_it_was() -> None:
     assert result.verdict.model_dump_json() == before  # a copy is finished, not the inspection's verdict
     names = [name for name, _, _ in done.files]
     assert names[-1] == "line 1/a.png.json"  # the verdict last: it describes files that exist
-    assert set(done.verdict.outputs.values()) | {i.heatmap for i in done.verdict.instances} == set(names[:-1])
+    heatmaps = [i.heatmap for i in done.verdict.instances]
+    assert heatmaps == [None, "line 1/a.png.1.heatmap.png"]  # by default, the anomalous instance's only
+    assert set(done.verdict.outputs.values()) | set(heatmaps[1:]) == set(names[:-1])
     assert done.verdict.outputs["map"] == "line 1/a.png.map.npy"
     assert done.verdict.lookout is not None and done.verdict.lookout.IsAnomalous
     files = {name: data for name, data, _ in done.files}
@@ -54,3 +56,17 @@ def test_finish_under_another_item_key_says_where_the_files_are() -> None:
     assert done.verdict.image.stored_as == "_renamed/0123" and done.verdict.lookout is None
     assert all(name.startswith("_renamed/0123.") for name, _, _ in done.files)
     assert "map" not in done.verdict.outputs
+
+
+def test_pictures_change_the_files_never_the_verdict() -> None:
+    done = {
+        p: finish("a.png", "a.png", _inspection(), OutputOptions(pictures=p, lookout_compat=True))
+        for p in ("all", "defects", "none")
+    }
+    names = {p: {name for name, _, _ in d.files} for p, d in done.items()}
+    assert names["all"] - names["defects"] == {"a.png.0.heatmap.png"}  # the ok instance's picture
+    assert names["none"] == {"a.png.json", "a.png.lookout.json"}  # Lookout's answer keeps its mask
+    plain = [d.verdict.model_dump(exclude={"outputs", "instances"}) for d in done.values()]
+    assert plain[0] == plain[1] == plain[2]
+    scores = [[i.model_dump(exclude={"heatmap"}) for i in d.verdict.instances] for d in done.values()]
+    assert scores[0] == scores[1] == scores[2]

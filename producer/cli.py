@@ -222,64 +222,43 @@ def train(
             if val_defects is None and (staged / "test").is_dir():
                 val_defects = staged / "test"
         assert ok_dir is not None
-        _train(ok_dir, aux_dir, aux_weight, method, image_size, augment, val_defects, coreset_ratio,
-               tta_views, backbone, backbone_weights, layers, target_frr, folds, out)  # fmt: skip
+        from defectscan.pipeline.model import AnomalyModel
 
-
-def _train(
-    ok_dir: Path,
-    aux_dir: Path | None,
-    aux_weight: float,
-    method: str,
-    image_size: int,
-    augment: str,
-    val_defects: Path | None,
-    coreset_ratio: float,
-    tta_views: str,
-    backbone: str,
-    backbone_weights: Path | None,
-    layers: str,
-    target_frr: float,
-    folds: int,
-    out: Path,
-) -> None:
-    from defectscan.pipeline.model import AnomalyModel
-
-    config = ModelConfig(
-        method=method,
-        backbone=backbone,
-        backbone_weights=str(backbone_weights) if backbone_weights else None,
-        layers=tuple(v for v in layers.split(",") if v),
-        image_size=image_size,
-        coreset_ratio=coreset_ratio,
-        tta_views=tuple(v for v in tta_views.split(",") if v),
-        target_frr=target_frr,
-        folds=folds,
-    )
-    ok = _read_set(ok_dir, "OK")
-    sources = crop_sources(ok_dir)  # crops `segment` cut: one fold per photograph
-    aux = _read_set(aux_dir, "auxiliary") if aux_dir else ImageSet()
-    defects = _read_set(val_defects, "defect") if val_defects else ImageSet()
-    start = time.perf_counter()
-    model = AnomalyModel.fit(
-        ok.images,
-        config,
-        aux=aux.images,
-        aux_weight=aux_weight,
-        augment=[a for a in augment.split(",") if a],
-        val_defects=defects.images,
-        names=ok.names,
-        groups=[sources.get(name, name) for name in ok.names] if sources else (),
-    )
-    fit_s = round(time.perf_counter() - start, 2)
-    model.record.timings_s = {"fit": fit_s}
-    model.save(out)
-    cal = model.calibration
-    click.echo(
-        f"trained {method} on {len(ok.images)} OK images ({len(ok.skipped)} skipped) in "
-        f"{fit_s} s; threshold {cal.threshold:.4g} ({cal.rule}); {_operating_point(cal)}"
-        f"version {model.version}; saved to {out}"
-    )
+        config = ModelConfig(
+            method=method,
+            backbone=backbone,
+            backbone_weights=str(backbone_weights) if backbone_weights else None,
+            layers=tuple(v for v in layers.split(",") if v),
+            image_size=image_size,
+            coreset_ratio=coreset_ratio,
+            tta_views=tuple(v for v in tta_views.split(",") if v),
+            target_frr=target_frr,
+            folds=folds,
+        )
+        ok = _read_set(ok_dir, "OK")
+        sources = crop_sources(ok_dir)  # crops `segment` cut: one fold per photograph
+        aux = _read_set(aux_dir, "auxiliary") if aux_dir else ImageSet()
+        defects = _read_set(val_defects, "defect") if val_defects else ImageSet()
+        start = time.perf_counter()
+        model = AnomalyModel.fit(
+            ok.images,
+            config,
+            aux=aux.images,
+            aux_weight=aux_weight,
+            augment=[a for a in augment.split(",") if a],
+            val_defects=defects.images,
+            names=ok.names,
+            groups=[sources.get(name, name) for name in ok.names] if sources else (),
+        )
+        fit_s = round(time.perf_counter() - start, 2)
+        model.record.timings_s = {"fit": fit_s}
+        model.save(out)
+        cal = model.calibration
+        click.echo(
+            f"trained {method} on {len(ok.images)} OK images ({len(ok.skipped)} skipped) in "
+            f"{fit_s} s; threshold {cal.threshold:.4g} ({cal.rule}); {_operating_point(cal)}"
+            f"version {model.version}; saved to {out}"
+        )
 
 
 def _operating_point(cal: Calibration) -> str:

@@ -49,6 +49,14 @@ class Finished:
     files: list[tuple[str, bytes, str]] = field(default_factory=list)  # (key, bytes, content type)
 
 
+LOOKOUT_SUFFIX = ".lookout.json"
+
+
+def is_verdict_key(key: str) -> bool:
+    """Whether a stored key is an image's verdict (``I.json``), not another JSON file beside it."""
+    return key.endswith(".json") and not key.endswith(LOOKOUT_SUFFIX)
+
+
 def wanted(pictures: Pictures, anomalous: bool) -> bool:
     """Whether an image's or an instance's picture is made under ``pictures``."""
     return pictures == "all" or (pictures == "defects" and anomalous)
@@ -75,7 +83,7 @@ def finish(key: str, item: str, result: Inspection, options: OutputOptions) -> F
             probability = max((i.confidence for i in verdict.instances), default=0.0)
             anomalous = verdict.verdict == "defect"
             verdict.lookout = detect_anomaly_result(anomalous, probability, result.type_mask, mask_png)
-            outputs["lookout"] = f"{item}.lookout.json"
+            outputs["lookout"] = f"{item}{LOOKOUT_SUFFIX}"
             files.append((outputs["lookout"], detect_anomalies_response(verdict.lookout), "application/json"))
     if options.save_maps and result.anomaly_map is not None:
         buffer = io.BytesIO()

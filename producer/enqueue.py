@@ -28,7 +28,7 @@ from pathlib import Path
 
 from defectscan.pipeline.errors import InvalidArgumentError
 from defectscan.pipeline.images import DEFAULT_MAX_PIXELS
-from defectscan.pipeline.outputs import OutputOptions
+from defectscan.pipeline.outputs import OutputOptions, is_verdict_key
 from defectscan.pipeline.segment import SegmentOptions
 from defectscan.pipeline.verdict import Verdict
 from defectscan.worker.app import app, send_chunk
@@ -121,7 +121,7 @@ def existing_verdicts(store: Storage, recorded: Mapping[str, str] | None = None)
     known: dict[str, str] = {}
     items = store.child(ITEMS)
     for obj in items.objects():
-        if not obj.key.endswith(".json"):
+        if not is_verdict_key(obj.key):
             continue
         key = obj.key[: -len(".json")]
         if recorded and key in recorded:

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from defectscan.pipeline.calibration import Calibration
 from defectscan.pipeline.errors import DefectscanError
+from defectscan.pipeline.outputs import is_verdict_key
 from defectscan.pipeline.verdict import Verdict
 from defectscan.worker.batch_spec import BATCH_JSON, ITEMS, BatchSpec, manifest_keys
 from defectscan.worker.item_keys import item_key
@@ -209,7 +210,7 @@ def stored_run(store: Storage) -> StoredRun:
     else:
         verdicts = []
         for info in store.objects():
-            if info.key.endswith(".json") and info.key != SUMMARY:
+            if is_verdict_key(info.key) and info.key != SUMMARY:
                 try:
                     verdicts.append(Verdict.model_validate_json(store.get(info.key)))
                 except ValueError:

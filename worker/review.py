@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
 from defectscan.pipeline.geometry import crop_at_pose, inside_at_pose, pose_of_box
 from defectscan.pipeline.images import decode_image, encode_png
+from defectscan.pipeline.outputs import is_verdict_key
 from defectscan.pipeline.verdict import Instance, Verdict
 from defectscan.worker.batch_spec import BATCH_JSON, ITEMS, TEMPLATE_KEY, BatchSpec
 from defectscan.worker.item_keys import item_key
@@ -299,7 +300,7 @@ def reviewed_scores(store: Storage, version: str | None = None) -> ReviewedScore
     keys = {d.key for r in submissions for d in r.decisions}
     verdicts: dict[str, Verdict] = {}
     for obj in store.objects(prefix.rstrip("/")):
-        if obj.key.endswith(".json") and obj.key[len(prefix) :] != SUMMARY:
+        if is_verdict_key(obj.key) and obj.key[len(prefix) :] != SUMMARY:
             try:
                 verdict = Verdict.model_validate_json(store.get(obj.key))
             except ValueError:

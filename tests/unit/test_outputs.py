@@ -8,7 +8,7 @@ import numpy as np
 
 from defectscan.pipeline.images import decode_image
 from defectscan.pipeline.inspection import Inspection
-from defectscan.pipeline.outputs import OutputOptions, finish
+from defectscan.pipeline.outputs import OutputOptions, finish, is_verdict_key
 from defectscan.pipeline.verdict import ImageInfo, Instance, ModelInfo, Verdict
 
 
@@ -70,3 +70,9 @@ def test_pictures_change_the_files_never_the_verdict() -> None:
     assert plain[0] == plain[1] == plain[2]
     scores = [[i.model_dump(exclude={"heatmap"}) for i in d.verdict.instances] for d in done.values()]
     assert scores[0] == scores[1] == scores[2]
+
+
+def test_the_lookout_answer_beside_a_verdict_is_not_taken_for_one() -> None:
+    done = finish("a.png", "a.png", _inspection(), OutputOptions(lookout_compat=True))
+    verdicts = [name for name, _, _ in done.files if is_verdict_key(name)]
+    assert verdicts == ["a.png.json"] and "a.png.lookout.json" in {name for name, _, _ in done.files}

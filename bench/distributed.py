@@ -5,13 +5,15 @@ worker subprocesses. Trains a model on aligned crops of clean sheets and publish
 
 1. **local**: the local ``inspect`` (:func:`producer.inspect_files.run_inspection`) over the sheets on
    disk, model already loaded, writing verdicts and pictures to disk;
-2. **1 worker** and **2 workers**: ``enqueue`` of the sheets in S3, until the batch's ``_SUCCESS``,
-   each worker warmed first (model loaded) with a small batch.
+2. **1 worker**, **1 worker on one core** and **2 workers**: ``enqueue`` of the sheets in S3, until the
+   batch's ``_SUCCESS``, each worker warmed first (model loaded) with a small batch; with each run, the
+   mean milliseconds per stage from its verdicts' ``timings_ms``.
 
-Torch threads: the local run uses all cores, and each of N workers ``cores / N``
-(``DEFECTSCAN_TORCH_THREADS``), as one would deploy them; ``--threads`` sets one number for every
-process. The store runs on the same machine, so its CPU time during each run is reported too.
-Prints images/s and the ratios 1 worker / local and 2 workers / 1 worker.
+Cores: the local run uses all of them; each worker process is given cores (its affinity: all of them
+for the one worker, one for the one-core worker, a core each for two workers) and runs one compute
+thread per core given (:mod:`worker.cores`); ``--threads`` sets one number for every worker instead.
+The store runs on the same machine, so its CPU time during each run is reported too.
+Prints images/s and the ratios 1 worker / local, 2 workers / 1 worker, and 2 workers / 1 worker of one core.
 
     .venv/bin/python bench/distributed.py [--sheets 40] [--chunk 4] [--json out.json]
 """
@@ -34,8 +36,9 @@ warnings.filterwarnings("ignore")
 import redis  # noqa: E402
 
 from defectscan.pipeline.images import encode_png  # noqa: E402
-from defectscan.pipeline.inspection import Inspection, inspect_image  # noqa: E402
+from defectscan.pipeline.inspection import Inspector  # noqa: E402
 from defectscan.pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
+from defectscan.pipeline.outputs import is_verdict_key  # noqa: E402
 from defectscan.pipeline.segment import Segmenter, SegmentOptions, parse_range  # noqa: E402
 from defectscan.pipeline.synth import SheetSpec, reference_template  # noqa: E402
 from defectscan.pipeline.verdict import ModelInfo  # noqa: E402
@@ -44,7 +47,9 @@ from defectscan.producer.enqueue import enqueue_batch  # noqa: E402
 from defectscan.producer.inspect_files import run_inspection  # noqa: E402
 from defectscan.producer.synth_files import aligned_ok_crops, publish_model, write_sheet_images  # noqa: E402
 from defectscan.worker.app import app  # noqa: E402
+from defectscan.worker.batch_spec import ITEMS  # noqa: E402
 from defectscan.worker.batches import PREFIX, BatchBook  # noqa: E402
+from defectscan.worker.cores import core_slices  # noqa: E402
 from defectscan.worker.dev_s3 import DevS3  # noqa: E402
 from defectscan.worker.storage import LocalStorage, S3Storage  # noqa: E402
 
@@ -53,17 +58,28 @@ REDIS_URL = "redis://127.0.0.1:6379/12"
 ANGLES = "-3:3:1"
 
 
-def start_workers(count: int, env: dict[str, str], logs: Path) -> list[subprocess.Popen[bytes]]:
+def start_workers(given: list[set[int]], env: dict[str, str], logs: Path) -> list[subprocess.Popen[bytes]]:
+    """A solo worker process per entry of ``given``, given those cores (its affinity), from which it
+    sets its threads (:mod:`worker.cores`), as ``defectscan worker`` does."""
     procs = []
-    for i in range(count):
+    for i, cores in enumerate(given):
         args = worker_argv("inference", 1, "warning", f"bench{i}@%h", "solo")
-        log = (logs / f"worker{count}-{i}.log").open("wb")
-        procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        log = (logs / f"worker{len(given)}-{i}.log").open("wb")
+        procs.append(
+            subprocess.Popen(
+                args,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=lambda c=cores: os.sched_setaffinity(0, c),  # type: ignore[misc]
+            )
+        )
     return procs
 
 
-def run_batch(bucket: str, prefix: str, chunk: int, client: redis.Redis) -> float:
-    """Seconds from enqueue to the batch's finalize (``_SUCCESS`` written)."""
+def run_batch(bucket: str, prefix: str, chunk: int, client: redis.Redis) -> tuple[float, str]:
+    """Seconds from enqueue to the batch's finalize (``_SUCCESS`` written), and the batch's id."""
     batch_id = f"bench-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
     enqueue_batch(
@@ -81,7 +97,22 @@ def run_batch(bucket: str, prefix: str, chunk: int, client: redis.Redis) -> floa
         time.sleep(0.05)
     seconds = time.perf_counter() - start
     client.delete(*client.scan_iter(f"{PREFIX}{batch_id}:*"))
-    return seconds
+    return seconds, batch_id
+
+
+def stage_means(store: S3Storage, batch_id: str) -> dict[str, float]:
+    """Mean milliseconds per stage over the batch's verdicts (their ``timings_ms``)."""
+    totals: dict[str, float] = {}
+    verdicts = 0
+    items = store.child(f"results/{batch_id}/{ITEMS}")
+    for obj in items.objects():
+        if not is_verdict_key(obj.key):
+            continue
+        timings = json.loads(items.get(obj.key)).get("timings_ms") or {}
+        verdicts += 1
+        for stage, ms in timings.items():
+            totals[stage] = totals.get(stage, 0.0) + ms
+    return {stage: round(ms / max(verdicts, 1), 1) for stage, ms in totals.items()}
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -134,9 +165,7 @@ def main() -> None:
         info = ModelInfo(product="foil", version=str(model.version), method=model.config.method)
         items = [(key, local_in / key) for key in keys]
 
-        def inspect(data: bytes, key: str) -> Inspection:
-            return inspect_image(data, key, model, segmenter, "foil")
-
+        inspect = Inspector(model, segmenter, "foil", pictures="defects").many  # as the workers write
         start = time.perf_counter()
         run_inspection(items, inspect, info, LocalStorage(tmp / "local-out"))
         local_s = time.perf_counter() - start
@@ -146,31 +175,42 @@ def main() -> None:
             flush=True,
         )
 
-        for count in (1, 2):
-            threads = args.threads or max((os.cpu_count() or 1) // count, 1)
-            procs = start_workers(count, {**env, "DEFECTSCAN_TORCH_THREADS": str(threads)}, tmp)
+        all_cores = sorted(os.sched_getaffinity(0))
+        runs = {  # name: the cores each worker is given
+            "workers_1": [set(all_cores)],
+            "workers_1_one_core": [{all_cores[0]}],
+            "workers_2": core_slices(2),
+        }
+        for name, given in runs.items():
+            env_run = {**env, "DEFECTSCAN_TORCH_THREADS": str(args.threads)} if args.threads else env
+            procs = start_workers(given, env_run, tmp)
             try:
                 run_batch(bucket, "warm", 1, client)  # every worker loads the model
                 store_cpu = cpu_seconds(s3.pid)
-                seconds = run_batch(bucket, "nightly", args.chunk, client)
+                seconds, batch_id = run_batch(bucket, "nightly", args.chunk, client)
                 store_cpu = cpu_seconds(s3.pid) - store_cpu
             finally:
                 for proc in procs:
                     proc.terminate()
                 for proc in procs:
                     proc.wait(30)
-            results[f"workers_{count}_img_s"] = len(keys) / seconds
-            results[f"workers_{count}_store_cpu_s"] = store_cpu
+            results[f"{name}_img_s"] = len(keys) / seconds
+            results[f"{name}_store_cpu_s"] = store_cpu
+            results[f"{name}_stage_ms"] = stages = stage_means(store, batch_id)
             print(
-                f"{count} worker(s), {threads} torch thread(s) each: {len(keys)} images in {seconds:.1f} s = "
-                f"{len(keys) / seconds:.2f} img/s; the S3 store used {store_cpu:.1f} CPU s meanwhile",
+                f"{len(given)} worker(s) given {[sorted(c) for c in given]} cores: {len(keys)} images in "
+                f"{seconds:.1f} s = {len(keys) / seconds:.2f} img/s; the S3 store used {store_cpu:.1f} CPU s"
+                f" meanwhile; mean ms per image: {stages}",
                 flush=True,
             )
         results["ratio_1_worker_vs_local"] = results["workers_1_img_s"] / results["local_img_s"]
         results["scaling_2_vs_1"] = results["workers_2_img_s"] / results["workers_1_img_s"]
+        results["scaling_2_vs_1_one_core"] = results["workers_2_img_s"] / results["workers_1_one_core_img_s"]
         print(
             f"1 worker / local = {results['ratio_1_worker_vs_local']:.3f} (target >= 0.9); "
-            f"2 workers / 1 worker = {results['scaling_2_vs_1']:.3f} on {os.cpu_count()} cores"
+            f"2 workers / 1 worker = {results['scaling_2_vs_1']:.3f} on {len(all_cores)} cores "
+            f"(target >= 1.7); 2 workers of one core / 1 worker of one core = "
+            f"{results['scaling_2_vs_1_one_core']:.3f}"
         )
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))

@@ -94,7 +94,7 @@ def batch(images: int, seed: int = 0) -> list[Verdict]:
 def inspect_sheets(model_dir: Path, template: Path, sheets: int, out: Path) -> float:
     """Seconds per sheet for the local inspect run (its report included) on synthetic sheets."""
     from defectscan.pipeline.images import decode_image
-    from defectscan.pipeline.inspection import inspect_image
+    from defectscan.pipeline.inspection import Inspector
     from defectscan.pipeline.model import AnomalyModel
     from defectscan.pipeline.segment import Segmenter, SegmentOptions, parse_range
     from defectscan.pipeline.synth import SheetSpec
@@ -110,7 +110,7 @@ def inspect_sheets(model_dir: Path, template: Path, sheets: int, out: Path) -> f
     start = time.perf_counter()
     run_inspection(
         [(k, out / "in" / k) for k in keys],
-        lambda data, key: inspect_image(data, key, model, segmenter, "demo-foil"),
+        Inspector(model, segmenter, "demo-foil").many,
         info,
         LocalStorage(out / "results"),
         facts=facts,

@@ -48,6 +48,7 @@ import inspect, json, sys, time, warnings
 warnings.filterwarnings("ignore")
 from pathlib import Path
 from defectscan.pipeline.images import decode_image
+from defectscan.pipeline import inspection
 from defectscan.pipeline.inspection import inspect_image
 from defectscan.pipeline.model import AnomalyModel
 from defectscan.pipeline.outputs import OutputOptions
@@ -64,11 +65,14 @@ items = sorted((p.relative_to(sheets).as_posix(), p) for p in Path(sheets).rglob
 info = ModelInfo(product="bench", version=str(getattr(model, "version", None)), method=model.config.method)
 options = OutputOptions()  # what `inspect` writes by default, in either tree
 own = {"pictures": options.pictures} if "pictures" in inspect.signature(inspect_image).parameters else {}
+if hasattr(inspection, "Inspector"):  # images share forward passes
+    job = inspection.Inspector(model, segmenter, "bench", pictures=options.pictures).many
+else:
+    job = lambda data, key: inspect_image(data, key, model, segmenter, "bench", **own)
 best = float("inf")
 for r in range(int(repeats)):
     start = time.perf_counter()
-    run_inspection(items, lambda data, key: inspect_image(data, key, model, segmenter, "bench", **own), info,
-                   LocalStorage(Path(out) / str(r)), options)
+    run_inspection(items, job, info, LocalStorage(Path(out) / str(r)), options)
     best = min(best, time.perf_counter() - start)
 print(json.dumps({"seconds": best, "sheets": len(items)}))
 """.replace("@SCALES@", SCALES)
@@ -164,12 +168,14 @@ def staged_job(model: Any, segmenter: Any, sheets: Path, out: Path) -> tuple[dic
     scored_ms = 0.0
     crops = 0
 
-    def inspect(data: bytes, key: str) -> Any:
+    inspector = inspection.Inspector(model, segmenter, "bench", pictures=options.pictures)
+
+    def inspect(reads: Any) -> Any:
         nonlocal scored_ms, crops
-        result = inspection.inspect_image(data, key, model, segmenter, "bench", pictures=options.pictures)
-        scored_ms += result.verdict.timings_ms.get("score", 0.0)
-        crops += len(result.verdict.instances)
-        return result
+        for result in inspector.many(reads):
+            scored_ms += result.verdict.timings_ms.get("score", 0.0)
+            crops += len(result.verdict.instances)
+            yield result
 
     with stages.patched(targets):
         start = time.perf_counter()

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -36,6 +36,7 @@ from defectscan.pipeline.outputs import Pictures, wanted
 from defectscan.pipeline.pairs import PairComparer
 from defectscan.pipeline.regions import region_map
 from defectscan.pipeline.render import heatmap_overlay, label_defects
+from defectscan.pipeline.scoring import ScoreResult, crops_per_forward
 from defectscan.pipeline.segment import Detection, Segmenter
 from defectscan.pipeline.verdict import Defect, ImageInfo, Instance, ModelInfo, Note, Verdict, error_verdict
 
@@ -68,6 +69,24 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
 
 
+def _failed(info: ImageInfo, model: ModelInfo, clock: _Clock, exc: Exception) -> Inspection:
+    """The image's ``error`` verdict for ``exc`` (a typed error with its code; anything else, a bug or
+    memory exhaustion, as ``internal_error`` or ``out_of_memory``, logged with its traceback)."""
+    if not isinstance(exc, DefectscanError):
+        log.exception("inspecting %s failed", info.key)
+    verdict = error_verdict(info, model, exc)
+    verdict.timings_ms = clock.ms
+    return Inspection(verdict)
+
+
+def _decoded(data: bytes, info: ImageInfo, clock: _Clock, max_pixels: int) -> NDArray[np.uint8]:
+    with clock.stage("decode"):
+        rgb, orientation = decode_oriented(data, info.key, max_pixels)
+    info.height, info.width = rgb.shape[:2]
+    info.exif_orientation = orientation if orientation != 1 else None
+    return rgb
+
+
 def _guarded(
     data: bytes,
     key: str,
@@ -76,63 +95,146 @@ def _guarded(
     body: Callable[[NDArray[np.uint8], _Clock], Inspection],
     passes: tuple[type[BaseException], ...] = (),
 ) -> Inspection:
-    """Decode and run ``body``; any failure becomes an ``error`` verdict naming the image (a typed error
-    with its code; anything else, a bug or memory exhaustion, as ``internal_error`` or ``out_of_memory``,
-    logged with its traceback), so one input never stops the others. Exceptions of the ``passes`` types
-    are the caller's (an interruption such as a task's time limit) and are raised on."""
+    """Decode and run ``body``; any failure becomes an ``error`` verdict naming the image, so one input
+    never stops the others. Exceptions of the ``passes`` types are the caller's (an interruption such as
+    a task's time limit) and are raised on."""
     clock = _Clock()
     info = ImageInfo(key=key, sha256=hashlib.sha256(data).hexdigest())
     try:
-        with clock.stage("decode"):
-            rgb, orientation = decode_oriented(data, key, max_pixels)
-        info.height, info.width = rgb.shape[:2]
-        info.exif_orientation = orientation if orientation != 1 else None
-        result = body(rgb, clock)
+        result = body(_decoded(data, info, clock, max_pixels), clock)
     except passes:
         raise
     except Exception as exc:
-        if not isinstance(exc, DefectscanError):
-            log.exception("inspecting %s failed", info.key)
-        verdict = error_verdict(info, model, exc)
-        verdict.timings_ms = clock.ms
-        return Inspection(verdict)
+        return _failed(info, model, clock, exc)
     result.verdict.image = info
     result.verdict.timings_ms = clock.ms
     return result
 
 
-def inspect_image(
-    data: bytes,
-    key: str,
-    model: AnomalyModel,
-    segmenter: Segmenter | None = None,
-    product: str | None = None,
-    min_area: int = 16,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    passes: tuple[type[BaseException], ...] = (),
-    pictures: Pictures = "all",
-) -> Inspection:
-    """Inspect one encoded image with a trained model (and a template's segmenter, if any). A failure is
-    the image's ``error`` verdict, except exceptions of the ``passes`` types, which are raised on.
+@dataclass
+class _Cut:
+    """An image decoded and cut into its instances' crops, waiting for their scores."""
+
+    info: ImageInfo
+    clock: _Clock
+    rgb: NDArray[np.uint8] = field(repr=False)
+    notes: list[Note]
+    detections: list[Detection]
+    crops: list[NDArray[np.uint8]] = field(repr=False)
+    inside: list[NDArray[np.bool_] | None] = field(repr=False)
+
+
+@dataclass
+class Inspector:
+    """Inspects images with a trained model (and a template's segmenter, if any).
+
+    :meth:`many` scores the crops of several images in the same forward passes: images are cut until
+    their crops fill ``crops_per_forward`` (default: :func:`pipeline.scoring.crops_per_forward`), then
+    scored together and finished in order. Verdicts and maps are those of one image at a time. A
+    failure is the image's ``error`` verdict (one that fails a shared forward is retried alone, so the
+    failure falls on its own image), except exceptions of the ``passes`` types, which are raised on.
     Pictures are rendered as ``pictures`` asks (:func:`pipeline.outputs.wanted`); the verdict is the
     same whatever it asks."""
-    info = ModelInfo(product=product, version=model.version, method=model.config.method)
 
-    def body(rgb: NDArray[np.uint8], clock: _Clock) -> Inspection:
-        height, width = rgb.shape[:2]
-        rgb, notes = _in_model_mode(rgb, model.colour_mode)
-        with clock.stage("segment"):
-            if segmenter is None:
-                detections: list[Detection] = []
-                crops, inside = [rgb], None
-            else:
-                detections = segmenter.find(rgb, key)
+    model: AnomalyModel
+    segmenter: Segmenter | None = None
+    product: str | None = None
+    min_area: int = 16
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    passes: tuple[type[BaseException], ...] = ()
+    pictures: Pictures = "all"
+    crops_per_forward: int = 0
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(product=self.product, version=self.model.version, method=self.model.config.method)
+
+    @property
+    def batch(self) -> int:
+        return self.crops_per_forward or crops_per_forward(self.model.config)
+
+    def one(self, data: bytes, key: str) -> Inspection:
+        """Inspect one encoded image."""
+        return next(self.many([(key, lambda: data)]))
+
+    def many(self, items: Iterable[tuple[str, Callable[[], bytes]]]) -> Iterator[Inspection]:
+        """Each ``(key, read)`` item's inspection, in order; ``read()`` gives the encoded image (a
+        failure to read is the image's error verdict, unless it is of a ``passes`` type)."""
+        group: list[_Cut | Inspection] = []
+        crops = 0
+        for key, read in items:
+            cut = self._cut(key, read)
+            group.append(cut)
+            crops += len(cut.crops) if isinstance(cut, _Cut) else 0
+            if crops >= self.batch:
+                yield from self._finish_group(group)
+                group, crops = [], 0
+        yield from self._finish_group(group)
+
+    def _cut(self, key: str, read: Callable[[], bytes]) -> _Cut | Inspection:
+        clock, info = _Clock(), ImageInfo(key=key)
+        try:
+            data = read()
+            info.sha256 = hashlib.sha256(data).hexdigest()
+            rgb, notes = _in_model_mode(_decoded(data, info, clock, self.max_pixels), self.model.colour_mode)
+            with clock.stage("segment"):
+                if self.segmenter is None:
+                    return _Cut(info, clock, rgb, notes, [], [rgb], [None])
+                detections = self.segmenter.find(rgb, key)
                 if not detections:
                     raise NoMatchError(key, "no instance of the template was found")
-                crops = segmenter.crops(rgb, detections)
-                inside = segmenter.inside(rgb, detections)
-        with clock.stage("score"):
-            results = model.score(crops, inside=inside)
+                crops = self.segmenter.crops(rgb, detections)
+                inside = list(self.segmenter.inside(rgb, detections))
+            return _Cut(info, clock, rgb, notes, detections, crops, inside)
+        except self.passes:
+            raise
+        except Exception as exc:
+            return _failed(info, self.model_info, clock, exc)
+
+    def _finish_group(self, group: list[_Cut | Inspection]) -> Iterator[Inspection]:
+        cuts = [c for c in group if isinstance(c, _Cut)]
+        scored = self._scores(cuts) if len(cuts) > 1 else {}
+        for item in group:
+            if isinstance(item, Inspection):
+                yield item
+                continue
+            try:
+                results = scored.get(id(item)) or self._scores([item])[id(item)]
+                yield self._finished(item, results)
+            except self.passes:
+                raise
+            except Exception as exc:
+                yield _failed(item.info, self.model_info, item.clock, exc)
+
+    def _scores(self, cuts: list[_Cut]) -> dict[int, list[ScoreResult]]:
+        """The cuts' crops scored in shared forwards, per cut; empty if that failed for more than one
+        cut (each is then scored alone)."""
+        start = time.perf_counter()
+        try:
+            results = self.model.score(
+                [c for cut in cuts for c in cut.crops],
+                inside=[m for cut in cuts for m in cut.inside],
+                batch_size=self.batch,
+            )
+        except self.passes:
+            raise
+        except Exception:
+            if len(cuts) == 1:
+                raise
+            log.warning("scoring %d images together failed; each is scored alone", len(cuts), exc_info=True)
+            return {}
+        share = 1000 * (time.perf_counter() - start) / max(1, len(results))
+        out, at = {}, 0
+        for cut in cuts:
+            out[id(cut)] = results[at : at + len(cut.crops)]
+            at += len(cut.crops)
+            cut.clock.ms["score"] = round(cut.clock.ms.get("score", 0.0) + share * len(cut.crops), 2)
+        return out
+
+    def _finished(self, cut: _Cut, results: list[ScoreResult]) -> Inspection:
+        """Grade, render and give the verdict of a scored cut."""
+        model, clock, detections, crops = self.model, cut.clock, cut.detections, cut.crops
+        height, width = cut.rgb.shape[:2]
         threshold = model.calibration.threshold
         instances, image_map = [], np.zeros((height, width), np.float32)
         labels = np.zeros((height, width), np.uint8)
@@ -148,7 +250,7 @@ def inspect_image(
                     threshold,
                     model.reference,
                     model.regions,
-                    min_area,
+                    self.min_area,
                     model.config.levels,
                 )
                 defects = [d for d, _ in graded]
@@ -174,26 +276,41 @@ def inspect_image(
         anomalous = any(i.is_anomalous for i in instances)
         with clock.stage("render"):
             heatmap = None
-            if wanted(pictures, anomalous):
+            if wanted(self.pictures, anomalous):
                 image_labels.sort(key=lambda label: -label[0])  # the worst defects get their places first
-                overlay = heatmap_overlay(rgb, image_map, threshold)
+                overlay = heatmap_overlay(cut.rgb, image_map, threshold)
                 heatmap = label_defects(overlay, [(corner, text) for _, corner, text in image_labels])
             per_crop = [
                 label_defects(heatmap_overlay(c, r.anomaly_map, threshold), marks)
-                if wanted(pictures, r.is_anomalous)
+                if wanted(self.pictures, r.is_anomalous)
                 else None
                 for c, r, marks in zip(crops, results, crop_labels, strict=True)
             ]
         verdict = Verdict(
-            image=ImageInfo(key=key),
-            model=info,
+            image=cut.info,
+            model=self.model_info,
             verdict="defect" if anomalous else "ok",
             instances=instances,
-            notes=notes,
+            notes=cut.notes,
+            timings_ms=clock.ms,
         )
         return Inspection(verdict, image_map, heatmap, per_crop if detections else [], labels)
 
-    return _guarded(data, key, info, max_pixels, body, passes)
+
+def inspect_image(
+    data: bytes,
+    key: str,
+    model: AnomalyModel,
+    segmenter: Segmenter | None = None,
+    product: str | None = None,
+    min_area: int = 16,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    passes: tuple[type[BaseException], ...] = (),
+    pictures: Pictures = "all",
+) -> Inspection:
+    """Inspect one encoded image (see :class:`Inspector`)."""
+    inspector = Inspector(model, segmenter, product, min_area, max_pixels, passes, pictures)
+    return inspector.one(data, key)
 
 
 def inspect_pair(

@@ -53,6 +53,21 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# Pixels of network input per forward on CUDA: 128 crops of two views at 256 px (about 2 GB of fp16
+# activations through two Lite2 stages), whatever the image size.
+CUDA_FORWARD_PIXELS = 128 * 2 * 256 * 256
+
+
+def crops_per_forward(config: ModelConfig) -> int:
+    """Crops (each with its TTA views) per forward pass: the model's ``batch_size`` on the CPU, where a
+    bigger batch does not pay; on CUDA, as many as :data:`CUDA_FORWARD_PIXELS` allows (at least
+    ``batch_size``), so the crops of several images share a forward."""
+    if device().type != "cuda":
+        return config.batch_size
+    per_crop = len(config.tta_views) * config.image_size**2
+    return max(config.batch_size, CUDA_FORWARD_PIXELS // per_crop)
+
+
 class CropScorer:
     """Anomaly maps of crops from a network and the config it was built from. Scoring runs an
     inference copy of the network whose feature extractor has batch norm folded into its convolutions

@@ -28,9 +28,11 @@ from defectscan.worker.app import INFERENCE_QUEUE, RETRAIN_QUEUE, bookkeeping_ur
 from defectscan.worker.batch_spec import absolute_location
 from defectscan.worker.batches import BatchBook, BatchCounts, connect
 from defectscan.worker.chunk_watch import is_dead, is_overdue
+from defectscan.worker.cores import core_slices, threads_per_process
 from defectscan.worker.dev_s3 import DevS3
 from defectscan.worker.processes import until_interrupted
 from defectscan.worker.retrain import RetrainBook
+from defectscan.worker.settings import env_name, settings
 from defectscan.worker.storage import open_storage
 
 EXIT_TIMEOUT = 3
@@ -303,18 +305,27 @@ def worker_command(queues: str, concurrency: int, loglevel: str, name: str, gpus
     """Run a Celery worker on QUEUES (a thin wrapper over ``celery worker``).
 
     With GPUs, one worker process per GPU (each its own process, CUDA_VISIBLE_DEVICES set, solo pool, so
-    no process forks after CUDA starts); otherwise CONCURRENCY forked CPU processes."""
+    no process forks after CUDA starts), each given its share of this worker's cores; otherwise
+    CONCURRENCY forked CPU processes. Each process runs one compute thread per core it has
+    (``DEFECTSCAN_TORCH_THREADS`` overrides; see ``worker/cores.py``)."""
     count = _gpu_count() if gpus == "auto" else 0
+    wanted = settings().torch_threads
     if count == 0:
-        err.print(f"worker {name}: queues {queues}, {concurrency} CPU processes", highlight=False)
-        os.execv(sys.executable, worker_argv(queues, concurrency, loglevel, name, "prefork"))
+        threads = threads_per_process(concurrency, wanted)
+        err.print(
+            f"worker {name}: queues {queues}, {concurrency} CPU processes, {threads} threads each",
+            highlight=False,
+        )
+        env = {**os.environ, env_name("torch_threads"): str(threads)}
+        os.execve(sys.executable, worker_argv(queues, concurrency, loglevel, name, "prefork"), env)
     err.print(f"worker {name}: queues {queues}, one process per GPU ({count})", highlight=False)
     children = [
         subprocess.Popen(
             worker_argv(queues, 1, loglevel, f"gpu{i}-{name}", "solo"),
             env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i)},
+            preexec_fn=lambda given=given: os.sched_setaffinity(0, given),  # type: ignore[misc]
         )
-        for i in range(count)
+        for i, given in enumerate(core_slices(count))
     ]
 
     def forward(signum: int, _: object) -> None:

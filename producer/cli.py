@@ -367,10 +367,10 @@ def inspect(
     pair of --pairs: verdict JSON and heatmap per image under OUT, mirroring the inputs, and summary.json.
 
     The exit status is 1 if any image failed (its verdict says why); the run never stops for one."""
-    from defectscan.pipeline.inspection import inspect_image, inspect_pair
+    from defectscan.pipeline.inspection import Inspector, inspect_pair
     from defectscan.pipeline.model import AnomalyModel
     from defectscan.pipeline.pairs import PairComparer
-    from defectscan.producer.inspect_files import run_inspection
+    from defectscan.producer.inspect_files import one_at_a_time, run_inspection
     from defectscan.worker.report import ModelFacts
 
     storage = LocalStorage(out)
@@ -385,7 +385,7 @@ def inspect(
             templates[key] = row.template
             items.append((key, row.path))
 
-        def run(data: bytes, key: str) -> Inspection:
+        def compare(data: bytes, key: str) -> Inspection:
             tpl_path = templates[key]
             template = decode_image(read_local(tpl_path), str(tpl_path), max_pixels)
             return inspect_pair(
@@ -399,6 +399,7 @@ def inspect(
                 max_pixels,
             )
 
+        run = one_at_a_time(compare)
         info = ModelInfo(method="variation (own template)")
         facts = ModelFacts(method=info.method, threshold=threshold)
     elif input_dir is None or model_dir is None:
@@ -412,10 +413,7 @@ def inspect(
         )
         items = [(_relative(path, input_dir), path) for path in expand_inputs([input_dir])]
 
-        def run(data: bytes, key: str) -> Inspection:
-            return inspect_image(
-                data, key, model, segmenter, product, min_area, max_pixels, pictures=options.pictures
-            )
+        run = Inspector(model, segmenter, product, min_area, max_pixels, pictures=options.pictures).many
 
         info = ModelInfo(product=product, version=str(model.version), method=model.config.method)
         facts = ModelFacts.of(model.version, model.config.method, model.calibration)

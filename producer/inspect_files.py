@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from defectscan.pipeline.errors import DefectscanError
@@ -27,18 +28,55 @@ from defectscan.worker.storage import Storage, read_local
 log = logging.getLogger("defectscan.inspect")
 
 
+Reads = Iterable[tuple[str, Callable[[], bytes]]]
+InspectMany = Callable[[Reads], Iterator[Inspection]]
+
+
+def one_at_a_time(inspect: Callable[[bytes, str], Inspection]) -> InspectMany:
+    """An :data:`InspectMany` from a function of one image (the pairs mode)."""
+
+    def many(reads: Reads) -> Iterator[Inspection]:
+        for key, read in reads:
+            yield inspect(read(), key)
+
+    return many
+
+
+def _inspections(
+    items: Sequence[tuple[str, Path]], inspect: InspectMany, model: ModelInfo
+) -> Iterator[Inspection]:
+    """One inspection per item, in order, whatever ``inspect`` raises: an exception it lets out is the
+    image's error verdict, and the items after it are inspected afresh."""
+    todo = deque((key, partial(read_local, path)) for key, path in items)
+    while todo:
+        results = inspect(list(todo))
+        while todo:
+            key, _ = todo[0]
+            try:
+                result = next(results)
+            except Exception as exc:
+                if not isinstance(exc, DefectscanError):
+                    log.exception("inspecting %r failed", key)
+                todo.popleft()
+                yield Inspection(error_verdict(key, model, exc))
+                break
+            todo.popleft()
+            yield result
+
+
 def run_inspection(
     items: Sequence[tuple[str, Path]],
-    inspect: Callable[[bytes, str], Inspection],
+    inspect: InspectMany,
     model: ModelInfo,
     out: Storage,
     options: OutputOptions | None = None,
     on_image: Callable[[str, Verdict], None] | None = None,
     facts: ModelFacts | None = None,
 ) -> Summary:
-    """Inspect ``(key, path)`` items; write each result, then ``report.html``, then the summary.
+    """Inspect ``(key, path)`` items (``inspect`` reads them, in order); write each result, then
+    ``report.html``, then the summary.
 
-    An image's files are encoded and written on a second thread while the next image is inspected
+    An image's files are encoded and written on a second thread while the next images are inspected
     (PNG encoding releases the GIL); verdicts are counted in input order."""
     summary = Summary()
     verdicts: list[Verdict] = []
@@ -57,13 +95,7 @@ def run_inspection(
 
     pending: deque[tuple[str, Inspection, Future[Verdict]]] = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
-        for key, path in items:
-            try:
-                result = inspect(read_local(path), key)
-            except Exception as exc:  # inspect() turns its own failures into verdicts; this is the rest
-                if not isinstance(exc, DefectscanError):
-                    log.exception("inspecting %r failed", key)
-                result = Inspection(error_verdict(key, model, exc))
+        for (key, _), result in zip(items, _inspections(items, inspect, model), strict=True):
             pending.append((key, result, writer.submit(write_inspection, out, key, result, options)))
             while len(pending) > 1:  # one image's files in flight beside the next inspection
                 settle(*pending.popleft())

@@ -26,7 +26,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from defectscan.pipeline.errors import DefectscanError, error_message
 from defectscan.pipeline.images import decode_image
-from defectscan.pipeline.inspection import Inspection, inspect_image
+from defectscan.pipeline.inspection import Inspection, Inspector
 from defectscan.pipeline.segment import Segmenter
 from defectscan.pipeline.verdict import ModelInfo, error_verdict
 from defectscan.worker import metrics
@@ -37,6 +37,7 @@ from defectscan.worker.chunk_watch import is_dead
 from defectscan.worker.item_keys import item_key
 from defectscan.worker.model_cache import ModelCache
 from defectscan.worker.results import write_inspection
+from defectscan.worker.settings import settings
 from defectscan.worker.storage import Storage, StorageUnavailableError, open_storage
 
 log = logging.getLogger("defectscan.worker")
@@ -91,17 +92,11 @@ def model_info(spec: BatchSpec) -> ModelInfo:
     return ModelInfo(product=spec.product, version=spec.model_version, method="unknown")
 
 
-def _fetch(store: Storage, key: str) -> bytes | DefectscanError:
-    try:
-        return store.get(key)
-    except StorageUnavailableError:
-        raise
-    except DefectscanError as exc:
-        return exc
-
-
 def inspect_keys(spec: BatchSpec, segmenter: Segmenter | None, keys: list[str]) -> Iterator[Inspection]:
-    """Each key's inspection, in order, fetching ahead on threads while the current image computes."""
+    """Each key's inspection, in order, fetching ahead on threads while the current images compute;
+    the crops of several images share forward passes (:class:`pipeline.inspection.Inspector`). A
+    store that is unavailable ends the chunk (it is retried); any other failure to read an image is
+    that image's error verdict."""
     info = model_info(spec)
     try:
         model = MODELS.get(spec.model, spec.model_version)
@@ -110,24 +105,20 @@ def inspect_keys(spec: BatchSpec, segmenter: Segmenter | None, keys: list[str]) 
     except DefectscanError as exc:
         yield from (Inspection(error_verdict(key, info, exc)) for key in keys)
         return
-    info.method = model.config.method
+    inspector = Inspector(
+        model,
+        segmenter,
+        spec.product,
+        spec.min_area,
+        spec.max_pixels,
+        (*INTERRUPTS, StorageUnavailableError),
+        spec.outputs.pictures,
+        settings().crops_per_forward,
+    )
     inputs = open_storage(spec.inputs)
     with ThreadPoolExecutor(2, thread_name_prefix="fetch") as pool:
-        for key, data in zip(keys, pool.map(lambda k: _fetch(inputs, k), keys), strict=True):
-            if isinstance(data, DefectscanError):
-                yield Inspection(error_verdict(key, info, data))
-                continue
-            yield inspect_image(
-                data,
-                key,
-                model,
-                segmenter,
-                spec.product,
-                spec.min_area,
-                spec.max_pixels,
-                INTERRUPTS,
-                spec.outputs.pictures,
-            )
+        fetched = [(key, pool.submit(inputs.get, key).result) for key in keys]
+        yield from inspector.many(fetched)
 
 
 def _keep(

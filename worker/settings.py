@@ -41,7 +41,12 @@ class Settings(BaseSettings):
         60.0, gt=0, description="A chunk whose lease is this old has lost its worker."
     )
     sweep_s: float = Field(15.0, gt=0, description="How often a worker looks for chunks of dead workers.")
-    torch_threads: int = Field(0, ge=0, description="Torch threads per worker process (0: torch's choice).")
+    torch_threads: int = Field(
+        0, ge=0, description="Compute threads per worker process (0: one per core it is given)."
+    )
+    crops_per_forward: int = Field(
+        0, ge=0, description="Crops per forward pass, shared by images (0: batch_size on CPU, more on CUDA)."
+    )
     metrics_port: int | None = Field(None, description="Serve Prometheus metrics on this port.")
     nightly: str | None = Field(None, description="Set by `defectscan beat` for its scheduler (JSON).")
     aws_endpoint_url: str | None = Field(

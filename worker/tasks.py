@@ -34,7 +34,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from defectscan.pipeline.errors import DefectscanError
 from defectscan.pipeline.verdict import ModelInfo, Verdict, error_verdict
-from defectscan.worker import metrics
+from defectscan.worker import cores, metrics
 from defectscan.worker.app import app, chunk_limits
 from defectscan.worker.batch_spec import ITEMS, manifest_keys
 from defectscan.worker.batches import BatchBook, Lease
@@ -65,14 +65,9 @@ WATCHDOG: list[Watchdog] = []
 
 @lru_cache(maxsize=1)
 def configure_threads() -> int:
-    """``DEFECTSCAN_TORCH_THREADS`` intra-op threads for this process (default: torch's choice), so
-    several worker processes on one node do not oversubscribe its cores."""
-    import torch
-
-    wanted = settings().torch_threads
-    if wanted > 0:
-        torch.set_num_threads(wanted)
-    return int(torch.get_num_threads())
+    """Compute threads for this process: ``DEFECTSCAN_TORCH_THREADS``, else one per core it is given
+    (:mod:`worker.cores`), so worker processes that share a node do not oversubscribe its cores."""
+    return cores.configure(cores.threads_per_process(1, settings().torch_threads))
 
 
 def _backoff(retries: int) -> float:

@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from defectscan.pipeline.images import decode_image, encode_png, gray_rgb
-from defectscan.pipeline.inspection import inspect_image
+from defectscan.pipeline.inspection import Inspection, Inspector, inspect_image
 from defectscan.pipeline.model import AnomalyModel, ModelConfig
+from defectscan.pipeline.scoring import ScoreResult
 from defectscan.pipeline.segment import Segmenter, SegmentOptions
 from defectscan.pipeline.synth import Sheet
 from defectscan.pipeline.verdict import Verdict, json_schema
@@ -57,6 +58,59 @@ def _inside(verdict: Verdict, shape: tuple[int, ...]) -> np.ndarray:
         x, y, w, h = instance.box
         inside[max(int(y) - 2, 0) : int(y + h) + 3, max(int(x) - 2, 0) : int(x + w) + 3] = True
     return inside
+
+
+def _same(a: Inspection, b: Inspection) -> None:
+    """Two inspections of one image agree: verdict, scores, defects and maps (within float rounding)."""
+    one, other = a.verdict, b.verdict
+    assert (one.verdict, one.image.sha256, one.error) == (other.verdict, other.image.sha256, other.error)
+    assert len(one.instances) == len(other.instances)
+    for x, y in zip(one.instances, other.instances, strict=True):
+        assert x.score == pytest.approx(y.score, rel=1e-5, abs=1e-6) and x.is_anomalous == y.is_anomalous
+        assert (x.box, x.level, [d.type for d in x.defects]) == (y.box, y.level, [d.type for d in y.defects])
+    if a.anomaly_map is not None:
+        assert b.anomaly_map is not None
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-4, atol=1e-5)
+
+
+def test_images_that_share_forward_passes_get_the_verdicts_they_get_alone(
+    sheets: list[Sheet], model: Path, template: np.ndarray
+) -> None:
+    loaded = AnomalyModel.load(model)
+    segmenter = Segmenter(template, SegmentOptions(angles=(-3.0, 0.0, 3.0)))
+    inputs = [
+        ("a.png", encode_png(sheets[0].image)),
+        ("broken.png", b"\x89PNG\r\n\x1a\n truncated"),
+        ("b.png", encode_png(sheets[1].image)),
+        ("blank.png", encode_png(np.full((800, 1200, 3), 30, np.uint8))),
+        ("c.png", encode_png(sheets[2].image)),
+    ]
+    alone = [inspect_image(data, key, loaded, segmenter) for key, data in inputs]
+    shared = Inspector(loaded, segmenter, crops_per_forward=24)  # three sheets' crops in one forward
+    calls: list[int] = []
+    score = loaded.score
+
+    def counted(images: list[np.ndarray], **kwargs: object) -> list[ScoreResult]:
+        calls.append(len(images))
+        return score(images, **kwargs)  # type: ignore[arg-type]
+
+    loaded.score = counted  # type: ignore[method-assign]
+    together = list(shared.many([(key, lambda d=data: d) for key, data in inputs]))
+    assert calls == [24]  # the three sheets scored together, the two bad inputs not at all
+    assert [r.verdict.verdict for r in together][1::2] == ["error", "error"]
+    assert [r.verdict.error.code for r in together[1::2] if r.verdict.error] == ["decode_error", "no_match"]
+    for a, b in zip(alone, together, strict=True):
+        _same(a, b)
+
+    def fails_when_shared(images: list[np.ndarray], **kwargs: object) -> list[ScoreResult]:
+        if len(images) > 8:
+            raise MemoryError("a forward of 24 crops does not fit")
+        return score(images, **kwargs)  # type: ignore[arg-type]
+
+    loaded.score = fails_when_shared  # type: ignore[method-assign]
+    retried = list(shared.many([(key, lambda d=data: d) for key, data in inputs]))
+    for a, b in zip(alone, retried, strict=True):  # each image scored alone instead: the same verdicts
+        _same(a, b)
 
 
 def test_inspect_writes_verdicts_mirroring_the_inputs(

@@ -201,7 +201,9 @@ def backbone_floor(model: Any, segmenter: Any, sheets: Path) -> tuple[float, flo
         found = segmenter.find(image)
         crops += segmenter.crops(image, found)
         inside += segmenter.inside(image, found)
-    scorer, step, views = model.scorer, model.config.batch_size, model.config.tta_views
+    from defectscan.pipeline.scoring import crops_per_forward
+
+    scorer, step, views = model.scorer, crops_per_forward(model.config), model.config.tta_views
     batches = [
         scorer.normalise(tta.expand(scorer.pixels(crops[i : i + step]), views))
         for i in range(0, len(crops), step)

@@ -45,7 +45,14 @@ from defectscan.pipeline.model_config import AUGMENTS, ModelConfig, default_laye
 from defectscan.pipeline.model_doc import CalibrationScores, ModelDoc, ModelRecord, rounded
 from defectscan.pipeline.regions import RegionMap, region_map
 from defectscan.pipeline.saved_model import read_model, write_model
-from defectscan.pipeline.scoring import CropScorer, ScoreResult, at_crop_size, device, scored
+from defectscan.pipeline.scoring import (
+    CropScorer,
+    ScoreResult,
+    at_crop_size,
+    crops_per_forward,
+    device,
+    scored,
+)
 from defectscan.pipeline.training_set import (
     augmented,
     dataset_hash,
@@ -265,14 +272,15 @@ class AnomalyModel:
         batch_size: int | None = None,
         inside: Sequence[NDArray[np.bool_] | None] | None = None,
     ) -> list[ScoreResult]:
-        """Score crops (RGB uint8, any sizes). Each batch holds ``batch_size`` crops times their views.
+        """Score crops (RGB uint8, any sizes). Each forward holds ``batch_size`` crops times their views
+        (default: :func:`pipeline.scoring.crops_per_forward`).
 
         ``inside``, per crop, marks the pixels that came from its source image (None: all of them; see
         :func:`pipeline.geometry.inside_at_pose`): the others are filled as an OK crop looks there before
         scoring and never score, so a crop cut at an image's edge is judged on image pixels only."""
         views = self.config.tta_views if use_tta else ("identity",)
         masks = list(inside) if inside is not None else [None] * len(images)
-        step = batch_size or self.config.batch_size
+        step = batch_size or crops_per_forward(self.config)
         maps = self.scorer.crop_maps(images, views, step, masks, self.reference)
         return [scored(amap, self.calibration) for amap in maps]
 

@@ -299,14 +299,21 @@ def _gpu_count() -> int:
     "--gpus",
     default="auto",
     show_default=True,
-    help="auto: one worker process per GPU when there are GPUs; none: CPU processes only.",
+    help="auto: worker processes on each GPU when there are GPUs; none: CPU processes only.",
 )
-def worker_command(queues: str, concurrency: int, loglevel: str, name: str, gpus: str) -> None:
+@click.option(
+    "--per-gpu",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Worker processes sharing each GPU (their CPU stages run side by side).",
+)
+def worker_command(queues: str, concurrency: int, loglevel: str, name: str, gpus: str, per_gpu: int) -> None:
     """Run a Celery worker on QUEUES (a thin wrapper over ``celery worker``).
 
-    With GPUs, one worker process per GPU (each its own process, CUDA_VISIBLE_DEVICES set, solo pool, so
-    no process forks after CUDA starts), each given its share of this worker's cores; otherwise
-    CONCURRENCY forked CPU processes. Each process runs one compute thread per core it has
+    With GPUs, PER_GPU worker processes per GPU (each its own process, CUDA_VISIBLE_DEVICES set, solo
+    pool, so no process forks after CUDA starts), each given its share of this worker's cores;
+    otherwise CONCURRENCY forked CPU processes. Each process runs one compute thread per core it has
     (``DEFECTSCAN_TORCH_THREADS`` overrides; see ``worker/cores.py``)."""
     count = _gpu_count() if gpus == "auto" else 0
     wanted = settings().torch_threads
@@ -318,14 +325,16 @@ def worker_command(queues: str, concurrency: int, loglevel: str, name: str, gpus
         )
         env = {**os.environ, env_name("torch_threads"): str(threads)}
         os.execve(sys.executable, worker_argv(queues, concurrency, loglevel, name, "prefork"), env)
-    err.print(f"worker {name}: queues {queues}, one process per GPU ({count})", highlight=False)
+    err.print(
+        f"worker {name}: queues {queues}, {per_gpu} process(es) on each of {count} GPUs", highlight=False
+    )
     children = [
         subprocess.Popen(
-            worker_argv(queues, 1, loglevel, f"gpu{i}-{name}", "solo"),
-            env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i)},
+            worker_argv(queues, 1, loglevel, f"gpu{i // per_gpu}-{i % per_gpu}-{name}", "solo"),
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i // per_gpu)},
             preexec_fn=lambda given=given: os.sched_setaffinity(0, given),  # type: ignore[misc]
         )
-        for i, given in enumerate(core_slices(count))
+        for i, given in enumerate(core_slices(count * per_gpu))
     ]
 
     def forward(signum: int, _: object) -> None:

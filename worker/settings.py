@@ -45,7 +45,7 @@ class Settings(BaseSettings):
         0, ge=0, description="Compute threads per worker process (0: one per core it is given)."
     )
     crops_per_forward: int = Field(
-        0, ge=0, description="Crops per forward pass, shared by images (0: batch_size on CPU, more on CUDA)."
+        0, ge=0, description="Crops per forward pass, shared by images (0: from a pixel budget per device)."
     )
     metrics_port: int | None = Field(None, description="Serve Prometheus metrics on this port.")
     nightly: str | None = Field(None, description="Set by `defectscan beat` for its scheduler (JSON).")

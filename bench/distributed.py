@@ -51,7 +51,8 @@ from defectscan.worker.batch_spec import ITEMS  # noqa: E402
 from defectscan.worker.batches import PREFIX, BatchBook  # noqa: E402
 from defectscan.worker.cores import core_slices  # noqa: E402
 from defectscan.worker.dev_s3 import DevS3  # noqa: E402
-from defectscan.worker.storage import LocalStorage, S3Storage  # noqa: E402
+from defectscan.worker.results import SUMMARY  # noqa: E402
+from defectscan.worker.storage import LocalStorage, S3Storage, Storage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -100,13 +101,12 @@ def run_batch(bucket: str, prefix: str, chunk: int, client: redis.Redis) -> tupl
     return seconds, batch_id
 
 
-def stage_means(store: S3Storage, batch_id: str) -> dict[str, float]:
-    """Mean milliseconds per stage over the batch's verdicts (their ``timings_ms``)."""
+def stage_means(items: Storage) -> dict[str, float]:
+    """Mean milliseconds per stage over the verdicts under ``items`` (their ``timings_ms``)."""
     totals: dict[str, float] = {}
     verdicts = 0
-    items = store.child(f"results/{batch_id}/{ITEMS}")
     for obj in items.objects():
-        if not is_verdict_key(obj.key):
+        if not is_verdict_key(obj.key) or obj.key == SUMMARY:
             continue
         timings = json.loads(items.get(obj.key)).get("timings_ms") or {}
         verdicts += 1
@@ -128,6 +128,9 @@ def main() -> None:
     parser.add_argument("--sheets", type=int, default=40)
     parser.add_argument("--chunk", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--runs", default="workers_1,workers_1_one_core,workers_2", help="which worker runs, comma-separated"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     spec = SheetSpec()
@@ -170,8 +173,10 @@ def main() -> None:
         run_inspection(items, inspect, info, LocalStorage(tmp / "local-out"))
         local_s = time.perf_counter() - start
         results = {"images": len(keys), "local_img_s": len(keys) / local_s}
+        results["local_stage_ms"] = stage_means(LocalStorage(tmp / "local-out"))
         print(
-            f"local inspect: {len(keys)} images in {local_s:.1f} s = {results['local_img_s']:.2f} img/s",
+            f"local inspect: {len(keys)} images in {local_s:.1f} s = {results['local_img_s']:.2f} img/s; "
+            f"mean ms per image: {results['local_stage_ms']}",
             flush=True,
         )
 
@@ -182,6 +187,8 @@ def main() -> None:
             "workers_2": core_slices(2),
         }
         for name, given in runs.items():
+            if name not in args.runs.split(","):
+                continue
             env_run = {**env, "DEFECTSCAN_TORCH_THREADS": str(args.threads)} if args.threads else env
             procs = start_workers(given, env_run, tmp)
             try:
@@ -196,13 +203,17 @@ def main() -> None:
                     proc.wait(30)
             results[f"{name}_img_s"] = len(keys) / seconds
             results[f"{name}_store_cpu_s"] = store_cpu
-            results[f"{name}_stage_ms"] = stages = stage_means(store, batch_id)
+            results[f"{name}_stage_ms"] = stages = stage_means(store.child(f"results/{batch_id}/{ITEMS}"))
             print(
                 f"{len(given)} worker(s) given {[sorted(c) for c in given]} cores: {len(keys)} images in "
                 f"{seconds:.1f} s = {len(keys) / seconds:.2f} img/s; the S3 store used {store_cpu:.1f} CPU s"
                 f" meanwhile; mean ms per image: {stages}",
                 flush=True,
             )
+        if set(runs) - set(args.runs.split(",")):
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2))
+            return
         results["ratio_1_worker_vs_local"] = results["workers_1_img_s"] / results["local_img_s"]
         results["scaling_2_vs_1"] = results["workers_2_img_s"] / results["workers_1_img_s"]
         results["scaling_2_vs_1_one_core"] = results["workers_2_img_s"] / results["workers_1_one_core_img_s"]

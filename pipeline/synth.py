@@ -62,6 +62,7 @@ class SheetSpec:
     noise_sigma: float = 2.5
     blur_sigma: tuple[float, float] = (0.5, 0.9)
     gradient: tuple[float, float] = (0.08, 0.18)
+    colour_gain: tuple[float, float, float] = (1.0, 1.0, 1.0)  # a colour cast (white balance) per channel
 
 
 @dataclass(eq=False)
@@ -355,13 +356,15 @@ def _paste_mask(mask: np.ndarray, defect_mask: NDArray[np.bool_], pose: Pose) ->
 
 
 def _photograph(canvas: np.ndarray, spec: SheetSpec, rng: np.random.Generator) -> NDArray[np.uint8]:
-    """Illumination gradient, lens blur and sensor noise, then 8-bit quantisation."""
+    """Illumination gradient, colour cast, lens blur and sensor noise, then 8-bit quantisation."""
     phi = rng.uniform(0, 2 * math.pi)
     amplitude = rng.uniform(*spec.gradient)
     xs = (np.arange(spec.width, dtype=np.float32) / spec.width - 0.5) * math.cos(phi)
     ys = (np.arange(spec.height, dtype=np.float32) / spec.height - 0.5) * math.sin(phi)
     gain = 1.0 + amplitude * 2.0 * (ys[:, None] + xs[None, :])
     lit = canvas * gain[..., None]
+    if spec.colour_gain != (1.0, 1.0, 1.0):
+        lit *= np.array(spec.colour_gain, np.float32)
     blurred = np.asarray(cv2.GaussianBlur(lit, (0, 0), rng.uniform(*spec.blur_sigma)), np.float32)
     blurred += rng.standard_normal(blurred.shape, dtype=np.float32) * np.float32(spec.noise_sigma)
     return np.clip(np.rint(blurred), 0, 255).astype(np.uint8)

@@ -22,6 +22,7 @@ from defectscan.pipeline.model_config import LITE2, METHODS, ModelConfig
 from defectscan.pipeline.outputs import OutputOptions
 from defectscan.pipeline.segment import Segmenter
 from defectscan.pipeline.verdict import ModelInfo, Verdict
+from defectscan.producer.augment_cli import augment
 from defectscan.producer.batch_cli import BATCH_COMMANDS
 from defectscan.producer.console import err, print_error, progress_bar
 from defectscan.producer.evaluation import print_metrics
@@ -482,6 +483,7 @@ for _command in (
     report,
     review,
     lookout,
+    augment,
     *OPS_COMMANDS,
 ):
     cli.add_command(_command)

@@ -32,6 +32,11 @@ def registry_option(fn):  # type: ignore[no-untyped-def]
 @click.option("--template", help="Template image: train on aligned crops of every instance.")
 @click.option("--aux", help="Auxiliary (augmented) OK images.")
 @click.option("--aux-weight", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0))
+@click.option(
+    "--style-from",
+    help="A few OK images of a new condition (camera, light, substrate): the OK images restyled as they "
+    "look join the training as auxiliary images at --aux-weight.",
+)
 @click.option("--val", help="Validation data in MVTec layout (test/<type>/, ground_truth/<type>/).")
 @click.option("--promote", type=click.Choice(["auto", "never", "always"]), default="auto", show_default=True)
 @click.option("--method", default="patchcore", show_default=True)
@@ -44,6 +49,7 @@ def retrain(
     template: str | None,
     aux: str | None,
     aux_weight: float,
+    style_from: str | None,
     val: str | None,
     promote: str,
     method: str,
@@ -66,6 +72,7 @@ def retrain(
         template=template,
         aux=aux,
         aux_weight=aux_weight,
+        style_from=style_from,
         val=val,
         promote=promote,
         method=method,

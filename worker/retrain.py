@@ -82,6 +82,7 @@ class RetrainRequest(BaseModel):
     template: str | None = None
     aux: str | None = None
     aux_weight: float = 0.1
+    style_from: str | None = None  # a new condition's OK images: restyled OK images join aux
     val: str | None = None
     promote: Literal["auto", "never", "always"] = "auto"
     method: str = "patchcore"
@@ -230,6 +231,28 @@ def gate(
     return True, "auto: validation not worse than the current version"
 
 
+def restyled(req: RetrainRequest, crops: list[Any], segmenter: Any) -> list[Any]:
+    """With ``--style-from``: each OK crop once in the new condition's style (its images cut with the
+    template, as the OK images are), for training as auxiliary images; else none."""
+    if not req.style_from:
+        return []
+    from defectscan.pipeline.augment import generate
+    from defectscan.worker.augmentation import read_set, style_for
+
+    targets, names = read_set(req.style_from, "--style-from")
+    if segmenter is not None:
+        targets = [
+            c for image, key in zip(targets, names, strict=True) for c in segmenter.whole_crops(image, key)
+        ]
+        if not targets:
+            raise TrainingDataError(
+                req.style_from, "the template was found in none of the --style-from images"
+            )
+    style = style_for(crops, targets)
+    sources = [(f"{i}.png", crop) for i, crop in enumerate(crops)]
+    return [made.image for made in generate(sources, len(crops), 0, style)]
+
+
 def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
     """Train, evaluate, publish and maybe promote (the steps in the module docstring)."""
     from defectscan.pipeline.model import AnomalyModel, ModelConfig
@@ -244,6 +267,7 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
     aux = read_images(req.aux)[0] if req.aux else []
     crops: list[Any] = images
     groups: list[str] = []  # with a template: each crop's photograph (one calibration fold each)
+    segmenter = None
     if req.template:
         segmenter = Segmenter(decode_image(read_location(req.template), req.template))
         book.update(stage="segmenting")
@@ -257,6 +281,8 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
             raise TrainingDataError(
                 req.manifest or str(req.ok), "the template was found in none of the OK images"
             )
+    styled = restyled(req, crops, segmenter)
+    aux = [*aux, *styled]
     feedback_ok, feedback_defects = read_feedback(f"{req.registry.rstrip('/')}/{req.product}")
     if feedback_ok:  # reviewers' confirmed false rejects: aligned crops, one photograph each
         crops = [*crops, *(img for _, img in feedback_ok)]
@@ -283,6 +309,7 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
             "skipped": len(skipped),
             "crops": len(crops),
             "aux": len(aux),
+            "restyled_aux": len(styled),
             "feedback": model.record.training["feedback"],
             "labelled_defects": len(labelled),
         },

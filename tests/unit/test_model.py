@@ -167,6 +167,22 @@ def test_aux_weight_moves_scores_the_expected_way(good: list[np.ndarray]) -> Non
     assert scores[0.05] <= unseen * 1.05  # even a low weight teaches a little
 
 
+@pytest.mark.parametrize("method", ["padim", "stfpm"])
+def test_aux_weight_is_applied_by_every_learning_method(good: list[np.ndarray], method: str) -> None:
+    """PaDiM weighs aux samples in its Gaussians, STFPM in its loss: a feature seen only in auxiliary
+    images scores lower when they weigh fully than when they weigh little."""
+    aux = _crops("color", 6, 7)
+    probe = aux if method == "stfpm" else _crops("color", 3, 8)  # STFPM: how well the student learnt them
+    config = SMALL.changed(method=method, epochs=8)
+    scores = {}
+    for weight in (0.05, 1.0):
+        torch.manual_seed(0)
+        model = AnomalyModel.fit(good, config, aux=aux, aux_weight=weight)
+        scores[weight] = float(np.mean([r.score for r in model.score(probe)]))
+        assert model.record.training["aux_weight"] == weight
+    assert scores[1.0] < scores[0.05]
+
+
 def test_calibration_rules() -> None:
     ok = [1.0, 1.2, 0.9, 1.1, 1.05]
     cal = calibrate(ok)

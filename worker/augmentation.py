@@ -1,0 +1,76 @@
+"""``defectscan augment`` and ``retrain --style-from``: generated training images from a store's OK
+images (:mod:`pipeline.augment`), written beside their manifest, ``augment.json``, which is written
+last (its presence marks a complete set)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from defectscan.pipeline.augment import generate, manifest, same_size
+from defectscan.pipeline.errors import InvalidArgumentError
+from defectscan.pipeline.images import encode_png
+from defectscan.pipeline.nuisance import NuisanceRanges
+from defectscan.pipeline.style import DEFAULT_METHOD, Method, Style, fit_style
+from defectscan.worker.retrain import read_images
+from defectscan.worker.storage import open_storage
+
+AUGMENT_JSON = "augment.json"
+
+
+def read_set(location: str, what: str) -> tuple[list[NDArray[np.uint8]], list[str]]:
+    """The readable images under ``location``, all of one size; an error where there are none."""
+    images, names, skipped = read_images(location)
+    if not images:
+        detail = f" ({len(skipped)} unreadable: {skipped[0]})" if skipped else ""
+        raise InvalidArgumentError(what, f"{location} holds no readable images{detail}")
+    same_size(images, names, what)
+    return images, names
+
+
+def style_for(
+    ok: Sequence[NDArray[np.uint8]], targets: Sequence[NDArray[np.uint8]], method: Method = DEFAULT_METHOD
+) -> Style:
+    """The new condition's style, learned from its images ``targets``, for the OK images ``ok``; the
+    two must be of one size (cut the same way)."""
+    size, target_size = ok[0].shape[:2], targets[0].shape[:2]
+    if size != target_size:
+        raise InvalidArgumentError(
+            "--style-from",
+            f"its images are {target_size[1]}x{target_size[0]}, the OK images {size[1]}x{size[0]}: "
+            "give images of the new condition cut as the OK images are",
+        )
+    return fit_style(ok, targets, method)
+
+
+def augment_location(
+    ok: str,
+    out: str,
+    n: int,
+    seed: int = 0,
+    style_from: str | None = None,
+    kinds: Sequence[str] = (),
+    ranges: NuisanceRanges | None = None,
+    method: Method = DEFAULT_METHOD,
+) -> dict[str, Any]:
+    """Write ``n`` generated images from the OK images under ``ok`` to ``out``, then the manifest;
+    returns the manifest."""
+    ranges = ranges or NuisanceRanges()
+    images, names = read_set(ok, "--ok")
+    style: Style | None = None
+    style_names: list[str] = []
+    if style_from:
+        targets, style_names = read_set(style_from, "--style-from")
+        style = style_for(images, targets, method)
+    store = open_storage(out)
+    records = []
+    for made in generate(list(zip(names, images, strict=True)), n, seed, style, kinds, ranges):
+        store.put(made.name, encode_png(made.image), "image/png")
+        records.append(made.record())
+    doc = manifest(records, seed, style, style_names, kinds, ranges)
+    store.put(AUGMENT_JSON, json.dumps(doc, indent=1).encode(), "application/json")
+    return doc

@@ -40,18 +40,11 @@ class Made:
         return {"image": self.name, "source": self.source, "kind": self.kind, "params": self.params}
 
 
-def same_size(images: Sequence[NDArray[np.uint8]], names: Sequence[str], what: str) -> tuple[int, int]:
-    """The one ``(height, width)`` of ``images``; an error naming the first image of another size."""
+def typical_size(images: Sequence[NDArray[np.uint8]]) -> tuple[int, int]:
+    """The median ``(height, width)`` of ``images``."""
     if not images:
-        raise InvalidArgumentError(what, "no images")
-    size = images[0].shape[:2]
-    for img, name in zip(images, names, strict=True):
-        if img.shape[:2] != size:
-            raise InvalidArgumentError(
-                what,
-                f"{name} is {img.shape[1]}x{img.shape[0]}, the others {size[1]}x{size[0]}: one size expected",
-            )
-    return int(size[0]), int(size[1])
+        raise InvalidArgumentError("images", "no images")
+    return int(np.median([i.shape[0] for i in images])), int(np.median([i.shape[1] for i in images]))
 
 
 def generate(

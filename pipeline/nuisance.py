@@ -71,7 +71,9 @@ class NuisanceRanges(BaseModel):
         try:
             return NuisanceRanges.model_validate({**self.model_dump(), name: values})
         except ValidationError as exc:
-            raise InvalidArgumentError("--range", exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+            raise InvalidArgumentError(
+                "--range", exc.errors()[0]["msg"].removeprefix("Value error, ")
+            ) from None
 
 
 def _illumination(

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from defectscan.pipeline.augment import generate, manifest, same_size
+from defectscan.pipeline.augment import generate, manifest, typical_size
 from defectscan.pipeline.errors import InvalidArgumentError
 from defectscan.pipeline.images import encode_png
 from defectscan.pipeline.nuisance import NuisanceRanges
@@ -20,28 +20,29 @@ from defectscan.worker.retrain import read_images
 from defectscan.worker.storage import open_storage
 
 AUGMENT_JSON = "augment.json"
+SIZE_TOLERANCE = 0.25  # relative, per dimension, between the median sizes of the two sets
 
 
 def read_set(location: str, what: str) -> tuple[list[NDArray[np.uint8]], list[str]]:
-    """The readable images under ``location``, all of one size; an error where there are none."""
+    """The readable images under ``location``; an error where there are none."""
     images, names, skipped = read_images(location)
     if not images:
         detail = f" ({len(skipped)} unreadable: {skipped[0]})" if skipped else ""
         raise InvalidArgumentError(what, f"{location} holds no readable images{detail}")
-    same_size(images, names, what)
     return images, names
 
 
 def style_for(
     ok: Sequence[NDArray[np.uint8]], targets: Sequence[NDArray[np.uint8]], method: Method = DEFAULT_METHOD
 ) -> Style:
-    """The new condition's style, learned from its images ``targets``, for the OK images ``ok``; the
-    two must be of one size (cut the same way)."""
-    size, target_size = ok[0].shape[:2], targets[0].shape[:2]
-    if size != target_size:
+    """The new condition's style, learned from its images ``targets``, for the OK images ``ok``. Their
+    typical sizes must agree within :data:`SIZE_TOLERANCE` (sharpness and noise are measured per pixel:
+    whole photographs against crops would not compare)."""
+    size, target_size = typical_size(ok), typical_size(targets)
+    if any(abs(t / o - 1) > SIZE_TOLERANCE for o, t in zip(size, target_size, strict=True)):
         raise InvalidArgumentError(
             "--style-from",
-            f"its images are {target_size[1]}x{target_size[0]}, the OK images {size[1]}x{size[0]}: "
+            f"its images are {target_size[1]}x{target_size[0]}, the OK images {size[1]}x{size[0]} (medians): "
             "give images of the new condition cut as the OK images are",
         )
     return fit_style(ok, targets, method)

@@ -153,20 +153,20 @@ def test_augment_writes_the_images_and_a_manifest_that_says_what_made_each(
 
 
 def test_bad_inputs_get_clear_errors(tmp_path: Path, conditions: dict[str, list[np.ndarray]]) -> None:
-    empty, ok, mixed, small = (tmp_path / n for n in ("empty", "ok", "mixed", "small"))
-    for folder in (empty, ok, mixed, small):
+    empty, ok, small = (tmp_path / n for n in ("empty", "ok", "small"))
+    for folder in (empty, ok, small):
         folder.mkdir()
     crop = conditions["a_train"][0]
     for i in range(3):
         (ok / f"{i}.png").write_bytes(encode_png(conditions["a_train"][i]))
-    (mixed / "a.png").write_bytes(encode_png(crop))
-    (mixed / "b.png").write_bytes(encode_png(crop[:100, :100]))
     (small / "s.png").write_bytes(encode_png(crop[:200, :300]))
     cases = [
         (dict(ok=str(empty), kinds=("noise",)), "holds no readable images"),
-        (dict(ok=str(mixed), kinds=("noise",)), "b.png is 100x100"),
         (dict(ok=str(ok), style_from=str(empty)), "holds no readable images"),
-        (dict(ok=str(ok), style_from=str(small)), "its images are 300x200, the OK images 448x352"),
+        (
+            dict(ok=str(ok), style_from=str(small)),
+            "its images are 300x200, the OK images 448x352 \\(medians\\)",
+        ),
         (dict(ok=str(ok)), "give --style-from, --kinds, or both"),
     ]
     for kwargs, message in cases:

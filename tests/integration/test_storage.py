@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,22 @@ def test_open_storage_reads_locations(dev_s3: DevS3, bucket: str, tmp_path: Path
         open_storage("s3:///no-bucket")
     with pytest.raises(BadKeyError):
         open_storage(f"s3://{bucket}/a/../b")
+
+
+def test_stores_share_one_client_per_process_settings_and_credentials(
+    dev_s3: DevS3, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert dev_s3.credentials is not None
+    for key, value in dev_s3.credentials.env().items():
+        monkeypatch.setenv(key, value)
+    stores = [open_storage(f"s3://{bucket}/a"), open_storage(f"s3://{bucket}/b").child("c")]
+    with ThreadPoolExecutor(4) as pool:  # threads asking at once get the one client too
+        clients = list(pool.map(lambda i: open_storage(f"s3://{bucket}/t{i}").client, range(8)))
+    assert len({id(c) for c in [*clients, *(s.client for s in stores)]}) == 1
+    stores[0].put("x.json", b"{}")
+    assert open_storage(f"s3://{bucket}/a").get("x.json") == b"{}"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "another-key")  # other credentials: another client
+    assert open_storage(f"s3://{bucket}/a").client is not clients[0]
 
 
 def test_an_unreachable_store_is_unavailable_not_unreadable(tmp_path: Path) -> None:

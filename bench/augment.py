@@ -5,7 +5,7 @@ Models (the default PatchCore, 256 px, TTA), all trained on condition A's OK ima
 
 * ``A``: those alone;
 * ``A + styled``: plus every A image restyled as 10 OK images of B look (``pipeline.style``, the default
-  method), as auxiliary images at weight 0.1;
+  method), as auxiliary images at weight 0.1 (``A + styled w1``: at weight 1, as OK images);
 * ``A + B10 aux``: plus B's 10 images themselves, as auxiliary images at weight 0.1;
 * ``A + B10 ok``: plus B's 10 images as OK images.
 
@@ -162,13 +162,15 @@ def main() -> None:
     variants = {
         "A": dict(ok=data["train"]),
         "A + styled": dict(ok=data["train"], aux=styled),
+        "A + styled w1": dict(ok=data["train"], aux=styled, weight=1.0),
         "A + B10 aux": dict(ok=data["train"], aux=data["style"]),
         "A + B10 ok": dict(ok=[*data["train"], *data["style"]]),
     }
     rows = {}
     for name, parts in variants.items():
         start = time.perf_counter()
-        model = AnomalyModel.fit(parts["ok"], config, aux=parts.get("aux", ()), aux_weight=0.1)
+        weight = float(parts.get("weight", 0.1))  # type: ignore[arg-type]
+        model = AnomalyModel.fit(parts["ok"], config, aux=parts.get("aux", ()), aux_weight=weight)
         fit_s = time.perf_counter() - start
         rows[name] = {
             "fit_s": round(fit_s, 1),

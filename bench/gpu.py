@@ -76,18 +76,13 @@ def prepare(work: Path, sheets: int, train_sheets: int, image_size: int) -> tupl
 
 def scoring_rates(model_dir: Path, template: Path, sheets: Path) -> dict[str, Any]:
     """Crops/s of scoring with TTA off and on, every crop of the sheets, best of 3 after a warm-up."""
-    from defectscan.pipeline.images import decode_image
+    from sheet import sheet_crops  # bench/sheet.py, beside this script
+
     from defectscan.pipeline.model import AnomalyModel
     from defectscan.pipeline.scoring import crops_per_forward
 
     model = AnomalyModel.load(model_dir)
-    segmenter = _segmenter(template)
-    crops, inside = [], []
-    for path in sorted(sheets.rglob("*.png")):
-        image = decode_image(path.read_bytes(), path.name)
-        found = segmenter.find(image)
-        crops += segmenter.crops(image, found)
-        inside += segmenter.inside(image, found)
+    crops, inside = sheet_crops(_segmenter(template), sheets)
     rates: dict[str, Any] = {"crops": len(crops), "image_size": model.config.image_size}
     for name, views in (("tta_off", ("identity",)), ("tta_on", model.config.tta_views)):
         variant = model.with_views(views)

@@ -187,12 +187,8 @@ def staged_job(model: Any, segmenter: Any, sheets: Path, out: Path) -> tuple[dic
     return seconds, total, crops
 
 
-def backbone_floor(model: Any, segmenter: Any, sheets: Path) -> tuple[float, float]:
-    """Seconds of the backbone alone on the job's crops and views, batched as scoring batches them, and
-    seconds of scoring the same crops (``model.score``), measured interleaved, best of 3."""
-    import torch
-
-    from defectscan.pipeline import tta
+def sheet_crops(segmenter: Any, sheets: Path) -> tuple[list[Any], list[Any]]:
+    """Every instance's crop of the sheets under ``sheets``, and which of its pixels lie in its sheet."""
     from defectscan.pipeline.images import decode_image
 
     crops, inside = [], []
@@ -201,6 +197,17 @@ def backbone_floor(model: Any, segmenter: Any, sheets: Path) -> tuple[float, flo
         found = segmenter.find(image)
         crops += segmenter.crops(image, found)
         inside += segmenter.inside(image, found)
+    return crops, inside
+
+
+def backbone_floor(model: Any, segmenter: Any, sheets: Path) -> tuple[float, float]:
+    """Seconds of the backbone alone on the job's crops and views, batched as scoring batches them, and
+    seconds of scoring the same crops (``model.score``), measured interleaved, best of 3."""
+    import torch
+
+    from defectscan.pipeline import tta
+
+    crops, inside = sheet_crops(segmenter, sheets)
     from defectscan.pipeline.scoring import crops_per_forward
 
     scorer, step, views = model.scorer, crops_per_forward(model.config), model.config.tta_views

@@ -8,6 +8,7 @@ this class's fields (a test keeps them the same). The AWS variables (``AWS_ENDPO
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -73,6 +74,27 @@ class Settings(BaseSettings):
 def settings() -> Settings:
     """The settings as the environment says now."""
     return Settings()
+
+
+# The AWS variables boto3 makes an S3 client from: a process keeps one client per their values.
+CLIENT_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CA_BUNDLE",
+)
+
+
+def aws_client_env() -> tuple[str | None, ...]:
+    """The values of :data:`CLIENT_ENV` now (boto3 reads them itself; this only tells them apart)."""
+    return tuple(os.environ.get(name) for name in CLIENT_ENV)
 
 
 def env_name(field: str) -> str:

@@ -37,7 +37,7 @@ from defectscan.pipeline.errors import (
     UnreadableError,
     WriteFailedError,
 )
-from defectscan.worker.settings import settings
+from defectscan.worker.settings import aws_client_env, settings
 
 
 class BadKeyError(DefectscanError):
@@ -201,20 +201,6 @@ class LocalStorage:
         return self.path(key).resolve().as_uri()
 
 
-# The AWS variables a client is made from (boto3 reads them when it makes one): a change makes a new one.
-CLIENT_ENV = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_PROFILE",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_CA_BUNDLE",
-)
 _CLIENTS: dict[tuple[Any, ...], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 
@@ -236,7 +222,7 @@ class S3Settings:
         """This process's client for these settings and the AWS variables as they are now: made once
         and shared (a boto3 client is thread-safe; making one costs about 0.1 s of CPU, parsing the
         service's JSON model, which a client per store or per chunk paid again and again)."""
-        key = (self, os.getpid(), tuple(os.environ.get(name) for name in CLIENT_ENV))
+        key = (self, os.getpid(), aws_client_env())
         with _CLIENTS_LOCK:
             made = _CLIENTS.get(key)
             if made is None:

@@ -178,13 +178,11 @@ def fit_style(
     _check(target, "style-from")
     if method not in METHODS:
         raise InvalidArgumentError("method", f"{method!r}: one of {', '.join(METHODS)}")
-    sample = list(source[:16])
-    sharp_s = float(np.mean([sharpness(img) for img in source]))
+    sample = list(source[:16])  # the old condition's figures come from up to 16 of its images
+    sharp_s = float(np.mean([sharpness(img) for img in sample]))
     sharp_t = float(np.mean([sharpness(img) for img in target]))
     focus = _focus_amount(sample, sharp_t)
-    refocused = [
-        np.clip(_refocused(img.astype(np.float32), focus), 0, 255).astype(np.uint8) for img in sample
-    ]
+    refocused = [_as_uint8(_refocused(img.astype(np.float32), focus)) for img in sample]
     # the colour mapping is fitted on refocused old images, as it is applied after the refocus
     if method == "stats":
         lab_s = _lab(_pixels(refocused)[None]).reshape(-1, 3)

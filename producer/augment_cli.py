@@ -3,6 +3,8 @@ variation, for ``train --aux`` / ``retrain --aux`` at a low weight."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import click
 
 from defectscan.producer.console import err
@@ -47,13 +49,15 @@ def augment(
 
     Train with them as auxiliary images: train --aux OUT --aux-weight 0.1."""
     from defectscan.pipeline.nuisance import NuisanceRanges, parse_kinds
+    from defectscan.pipeline.style import Method
     from defectscan.worker.augmentation import augment_location
 
     chosen = parse_kinds(kinds)
     limits = NuisanceRanges()
     for text in ranges:
         limits = limits.changed(text)
-    doc = augment_location(ok, out, count, seed, style_from, chosen, limits, style_method)  # type: ignore[arg-type]
+    method = cast(Method, style_method)  # click.Choice checked it
+    doc = augment_location(ok, out, count, seed, style_from, chosen, limits, method)
     made = f"{doc['count']} images in {out}"
     if doc["style"]:
         s = doc["style"]

@@ -43,6 +43,7 @@ from defectscan.pipeline.evaluate import GOOD, Sample, summarize  # noqa: E402
 from defectscan.pipeline.geometry import crop_at_pose  # noqa: E402
 from defectscan.pipeline.images import decode_image  # noqa: E402
 from defectscan.pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
+from defectscan.pipeline.operating_point import rates  # noqa: E402
 from defectscan.pipeline.style import METHODS, fit_style  # noqa: E402
 from defectscan.pipeline.synth import TEMPLATE_HEIGHT, TEMPLATE_WIDTH, SheetSpec, generate_sheet  # noqa: E402
 from defectscan.worker.datasets import expand_inputs, mvtec_test_items  # noqa: E402
@@ -121,11 +122,15 @@ def measure(model: AnomalyModel, items: list[Item]) -> dict[str, Any]:
     threshold = model.calibration.threshold
     summary = summarize(samples, threshold, model.config.image_size)
     good = [s.score for s in samples if s.kind == GOOD]
+    bad = [s.score for s in samples if s.kind != GOOD]
+    frr, escapes = rates(good, bad, threshold)
     return {
         "image_auroc": summary["image_auroc"],
         "pixel_auroc": summary.get("pixel_auroc"),
-        "frr": float(np.mean(np.array(good) > threshold)),
+        "frr": frr,
+        "escape_rate": escapes,
         "good": len(good),
+        "defective": len(bad),
     }
 
 
@@ -145,7 +150,8 @@ def main() -> None:
         )
         report["fidelity"] = {"unchanged": round(before, 3)}
         for method in METHODS:
-            style = fit_style(data["train"], data["style"], method)  # type: ignore[arg-type]
+            # without the light each generated image draws from one of B's: compared crop by crop
+            style = replace(fit_style(data["train"], data["style"], method), lighting=())  # type: ignore[arg-type]
             rng = np.random.default_rng(0)
             diff = [
                 np.abs(style.apply(a, rng).astype(float) - b).mean()
@@ -161,8 +167,8 @@ def main() -> None:
     config = ModelConfig()
     variants = {
         "A": dict(ok=data["train"]),
-        "A + styled": dict(ok=data["train"], aux=styled),
-        "A + styled w1": dict(ok=data["train"], aux=styled, weight=1.0),
+        "A + styled": dict(ok=data["train"], aux=styled, sources=list(range(len(styled)))),
+        "A + styled w1": dict(ok=data["train"], aux=styled, sources=list(range(len(styled))), weight=1.0),
         "A + B10 aux": dict(ok=data["train"], aux=data["style"]),
         "A + B10 ok": dict(ok=[*data["train"], *data["style"]]),
     }
@@ -170,19 +176,33 @@ def main() -> None:
     for name, parts in variants.items():
         start = time.perf_counter()
         weight = float(parts.get("weight", 0.1))  # type: ignore[arg-type]
-        model = AnomalyModel.fit(parts["ok"], config, aux=parts.get("aux", ()), aux_weight=weight)
+        model = AnomalyModel.fit(
+            parts["ok"],
+            config,
+            aux=parts.get("aux", ()),
+            aux_weight=weight,
+            aux_sources=parts.get("sources", ()),  # type: ignore[arg-type]
+        )
         fit_s = time.perf_counter() - start
+        cal = model.calibration
+        style_scores = [r.score for r in model.score(data["style"])]
         rows[name] = {
             "fit_s": round(fit_s, 1),
+            "threshold": cal.threshold,
+            "rule": cal.rule,
+            "generated_expected_frr": cal.generated_expected_frr,
+            "style_images_above": int(np.sum(np.array(style_scores) > cal.threshold)),
             "A": measure(model, data["test_a"]),
             "B": measure(model, data["test_b"]),
         }
         a, b = rows[name]["A"], rows[name]["B"]
         print(
-            f"{name:<12} A: image AUROC {a['image_auroc']:.4f} pixel {a['pixel_auroc']:.4f} "
-            f"FRR {a['frr']:.3f} | "
-            f"B: image AUROC {b['image_auroc']:.4f} pixel {b['pixel_auroc']:.4f} FRR {b['frr']:.3f} "
-            f"(of {b['good']} good; target {config.target_frr}) | fit {fit_s:.0f} s",
+            f"{name:<13} A: AUROC {a['image_auroc']:.4f} pixel {a['pixel_auroc']:.4f} "
+            f"FRR {a['frr']:.3f} escapes {a['escape_rate']:.3f} | "
+            f"B: AUROC {b['image_auroc']:.4f} pixel {b['pixel_auroc']:.4f} FRR {b['frr']:.3f} "
+            f"escapes {b['escape_rate']:.3f} (of {b['good']} good, {b['defective']} defective; target "
+            f"{config.target_frr}) | B's style images above the threshold "
+            f"{rows[name]['style_images_above']} | fit {fit_s:.0f} s",
             flush=True,
         )
     report["models"] = rows

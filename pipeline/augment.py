@@ -97,3 +97,16 @@ def manifest(
         "ranges": {k: list(v) for k, v in ranges.model_dump().items()} if kinds else None,
         "images": list(records),
     }
+
+
+def generated_sources(doc: dict[str, Any], names: Sequence[str], ok_names: Sequence[str]) -> list[int]:
+    """For each of the images ``names`` (as read from an augmentation's output): the index in
+    ``ok_names`` of the OK image the manifest ``doc`` says it was made from, or -1 (not made from one
+    of them, or not in the manifest)."""
+    if doc.get("schema") != MANIFEST_SCHEMA:
+        return [-1] * len(names)
+    index = {name: i for i, name in enumerate(ok_names)}
+    made_from = {
+        str(r.get("image")): str(r.get("source")) for r in doc.get("images", []) if isinstance(r, dict)
+    }
+    return [index.get(made_from.get(name, ""), -1) for name in names]

@@ -38,6 +38,9 @@ class Calibration(BaseModel):
     ok_rejected: int | None = None  # out-of-sample OK images above the threshold
     escapes: int | None = None  # labelled defect crops at or below it
     folds: int = 0
+    generated_count: int = 0  # generated images (a new condition's look) scored out of fold
+    generated_expected_frr: float | None = None  # their share above the threshold, under their own fit
+    generated_rejected: int | None = None
 
 
 UNCALIBRATED = Calibration(threshold=float("inf"), rule="uncalibrated", ok_mean=0.0, ok_std=1.0, ok_count=0)
@@ -49,10 +52,35 @@ def calibrate(
     target_frr: float | None = None,
     folds: int = 0,
     value: float | None = None,
+    generated: Sequence[float] = (),
 ) -> Calibration:
     """The rules from the module docstring: the operating point for ``target_frr`` from out-of-sample
     OK scores, a threshold ``value`` given by hand (with what it costs on those scores), or (both None)
-    the holdout rules."""
+    the holdout rules.
+
+    ``generated``: out-of-fold scores of images generated from the OK images in a new condition's look
+    (``defectscan augment``, ``retrain --style-from``). They stand for the parts the line will make
+    from now on, so the operating point must hold for them too: the threshold is the higher of the two
+    sets' (each with its own tail fit), and the figures of both are kept. How much generated images
+    shape the model is their training weight; whether their false rejects count is not a weight."""
+    if len(generated) >= 2 and (target_frr is not None or value is not None):
+        own = calibrate(ok_scores, defect_scores, target_frr, folds, value)
+        new = operating_point(generated, target_frr) if value is None and target_frr else None
+        threshold = own.threshold if new is None else max(own.threshold, new.threshold)
+        cal = (
+            own if threshold == own.threshold else calibrate(ok_scores, defect_scores, None, folds, threshold)
+        )
+        at = point_at(generated, threshold)
+        rule = own.rule if threshold == own.threshold else f"{own.rule}; raised to hold for generated images"
+        return cal.model_copy(
+            update={
+                "rule": rule,
+                "target_frr": own.target_frr,
+                "generated_count": at.ok_count,
+                "generated_expected_frr": at.expected_frr,
+                "generated_rejected": at.ok_rejected,
+            }
+        )
     ok = np.asarray(ok_scores, dtype=np.float64)
     if ok.size == 0:
         raise InvalidArgumentError("holdout", "calibration needs held-out OK images (holdout > 0)")

@@ -96,6 +96,7 @@ class AnomalyModel:
         config: ModelConfig | None = None,
         aux: Sequence[NDArray[np.uint8]] = (),
         aux_weight: float = 0.1,
+        aux_sources: Sequence[int] = (),
         augment: Sequence[str] = (),
         val_defects: Sequence[NDArray[np.uint8]] = (),
         names: Sequence[str] = (),
@@ -108,6 +109,9 @@ class AnomalyModel:
             model = AnomalyModel.fit(ok_crops, ModelConfig(method="patchcore"))
             scores = [r.score for r in model.score(test_crops)]
 
+        ``aux_sources``: for each auxiliary image generated from an OK image, that image's index (-1:
+        none). Such an image is held out with its source and scored out of fold, and the threshold holds
+        for those scores too (:func:`pipeline.calibration.calibrate`; PatchCore's folds).
         ``groups`` names each OK image's source photograph (crops of one photograph then share a fold:
         :func:`pipeline.training_set.fold_sets`); ``names`` are recorded in ``model.json``."""
         config = config or ModelConfig()
@@ -115,6 +119,9 @@ class AnomalyModel:
             raise InvalidArgumentError("--ok", f"needs at least 2 OK images, got {len(ok)}")
         if not 0 < aux_weight <= 1:
             raise InvalidArgumentError("--aux-weight", "must be in (0, 1]")
+        aux_sources = list(aux_sources) or [-1] * len(aux)
+        if len(aux_sources) != len(aux) or not all(-1 <= i < len(ok) for i in aux_sources):
+            raise InvalidArgumentError("aux sources", "one per auxiliary image, an OK image's index or -1")
         unknown = [a for a in augment if a not in AUGMENTS]
         if unknown:
             raise InvalidArgumentError("--augment", f"unknown {unknown}; known: {', '.join(AUGMENTS)}")
@@ -135,6 +142,7 @@ class AnomalyModel:
         if "variation" in config.method.split("+"):
             held_ok = normal_variants(held_ok)
         stats: dict[str, object] = {}
+        generated: list[float] = []
         for name, member in _members(net, config.method).items():
             usable = [k for k in kinds if fusion.member_views(name, [k])]
             samples = [*train, *(img for k in usable for img in copies[k]), *aux]
@@ -142,7 +150,7 @@ class AnomalyModel:
             batches = model._training_batches(samples, weights)
             if folds and isinstance(member, networks.BankPatchcore):
                 sources = [*range(len(train)), *(i for k in usable for i in range(len(train)))]
-                sources += [-1] * len(aux)  # auxiliary images are never held out
+                sources += aux_sources  # generated from an OK image: held out with it; else never
                 fitted = networks.fit_patchcore(member, batches, config.coreset_ratio, sources, folds)
                 stats[name] = fitted.stats
                 offsets = {k: len(train) * (1 + i) for i, k in enumerate(usable)} | {"identity": 0}
@@ -154,14 +162,17 @@ class AnomalyModel:
             stats = dict(stats[config.method])  # type: ignore[call-overload]
             if folds and fitted is not None:
                 ok_scores = model._out_of_fold_scores(ok, folds, fitted, offsets)
+                generated = model._generated_scores(aux, aux_sources, folds, fitted)
             else:
                 ok_scores = [r.score for r in model.score(held_ok)] if held_ok else []
         model.net.eval()
         defect_scores = [r.score for r in model.score(val_defects)] if val_defects else []
         target = config.target_frr if folds else None
-        model.calibration = calibrate(ok_scores, defect_scores, target, len(folds))
+        model.calibration = calibrate(ok_scores, defect_scores, target, len(folds), generated=generated)
         model.record = ModelRecord(
-            calibration_scores=CalibrationScores(ok=rounded(ok_scores), defects=rounded(defect_scores)),
+            calibration_scores=CalibrationScores(
+                ok=rounded(ok_scores), defects=rounded(defect_scores), generated=rounded(generated)
+            ),
             training={
                 "ok_count": len(ok),
                 "trained_on": len(ok) - len(held),
@@ -214,6 +225,29 @@ class AnomalyModel:
                     maps = self._maps_from_patches(fitted, [[offsets[v] + i for i in chunk] for v in views])
                     for i, amap in zip(chunk, at_crop_size([ok[i] for i in chunk], maps), strict=True):
                         scores[i] = float(amap.max())
+        finally:
+            net.memory_bank, net.bank_penalty = final
+        return scores
+
+    @torch.no_grad()
+    def _generated_scores(
+        self,
+        aux: Sequence[NDArray[np.uint8]],
+        sources: Sequence[int],
+        folds: Sequence[set[int]],
+        fitted: networks.PatchcoreFit,
+    ) -> list[float]:
+        """Each auxiliary image generated from an OK image, scored against the bank of the folds its
+        source is not in (the backbone runs: training saw only their identity view)."""
+        net = self.net
+        final = (net.memory_bank, net.bank_penalty)
+        scores: list[float] = []
+        try:
+            for fold, (bank, penalty) in zip(folds, fitted.fold_banks, strict=True):
+                members = [j for j, source in enumerate(sources) if source in fold]
+                if members:
+                    net.memory_bank, net.bank_penalty = bank, penalty
+                    scores += [r.score for r in self.score([aux[j] for j in members])]
         finally:
             net.memory_bank, net.bank_penalty = final
         return scores

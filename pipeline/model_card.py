@@ -46,6 +46,11 @@ def model_card(doc: ModelDoc) -> str:
             + (f" for a target of {_pct(cal.target_frr)}" if cal.target_frr is not None else "")
         )
         lines.append(f"* Out-of-sample OK images above the threshold: {cal.ok_rejected} of {cal.ok_count}")
+        if cal.generated_count and cal.generated_expected_frr is not None:
+            lines.append(
+                f"* Generated images (a new condition's look), out of fold: {cal.generated_rejected} of "
+                f"{cal.generated_count} above the threshold, expected {_pct(cal.generated_expected_frr)}"
+            )
     else:
         lines.append(f"* Held-out OK images: {cal.ok_count} (mean {_num(cal.ok_mean)})")
     summary = training.get("ok_scores")

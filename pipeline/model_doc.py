@@ -28,12 +28,13 @@ SCHEMA: Literal["defectscan.model/1"] = "defectscan.model/1"
 
 class CalibrationScores(BaseModel):
     """The out-of-sample scores a threshold was set from: OK images and labelled defects from training,
-    and instances reviewers confirmed in production (good, and defective)."""
+    instances reviewers confirmed in production (good, and defective), and generated images."""
 
     ok: list[float] = []
     defects: list[float] = []
     reviewed_ok: list[float] = []
     reviewed_defects: list[float] = []
+    generated: list[float] = []  # images generated from OK images in a new condition's look, out of fold
 
 
 class Preprocessing(BaseModel):
@@ -135,7 +136,7 @@ def recalibrated(
             doc.version, "keeps no out-of-sample OK scores (trained by an older release): retrain it"
         )
     ok, defects = [*stored.ok, *stored.reviewed_ok], [*stored.defects, *stored.reviewed_defects]
-    cal = calibrate(ok, defects, target_frr, doc.calibration.folds, value)
+    cal = calibrate(ok, defects, target_frr, doc.calibration.folds, value, stored.generated)
     created = datetime.now(UTC).replace(microsecond=0)
     return doc.model_copy(
         update={

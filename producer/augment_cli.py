@@ -63,6 +63,7 @@ def augment(
         s = doc["style"]
         made += (
             f"; style of {len(doc['style_from'])} images ({s['method']}): focus {s['focus']:+.2f}, "
-            f"noise added {s['noise_sigma']:.2f}"
+            f"noise added {s['noise_sigma']:.2f} (grain {s['noise_grain']:.2f} px), "
+            f"{len(s['lighting'])} lights"
         )
     err.print(f"augment: {made}; manifest {out.rstrip('/')}/augment.json", highlight=False)

@@ -36,6 +36,7 @@ from defectscan.producer.report_cli import report
 from defectscan.producer.review_cli import review
 from defectscan.producer.synth_files import write_synthetic_set
 from defectscan.producer.threshold_cli import threshold
+from defectscan.worker.augmentation import aux_sources
 from defectscan.worker.datasets import ImageSet, expand_inputs, mvtec_test_items, read_folder, read_pairs
 from defectscan.worker.storage import LocalStorage, read_local
 
@@ -239,6 +240,7 @@ def train(
         ok = _read_set(ok_dir, "OK")
         sources = crop_sources(ok_dir)  # crops `segment` cut: one fold per photograph
         aux = _read_set(aux_dir, "auxiliary") if aux_dir else ImageSet()
+        made_from = aux_sources(str(aux_dir), aux.names, ok.names) if aux_dir else []
         defects = _read_set(val_defects, "defect") if val_defects else ImageSet()
         start = time.perf_counter()
         model = AnomalyModel.fit(
@@ -246,6 +248,7 @@ def train(
             config,
             aux=aux.images,
             aux_weight=aux_weight,
+            aux_sources=made_from,
             augment=[a for a in augment.split(",") if a],
             val_defects=defects.images,
             names=ok.names,
@@ -272,6 +275,8 @@ def _operating_point(cal: Calibration) -> str:
     )
     if cal.escapes is not None and cal.defect_count:
         text += f", escapes {cal.escapes} of {cal.defect_count} labelled defects"
+    if cal.generated_count and cal.generated_expected_frr is not None:
+        text += f"; on {cal.generated_count} generated images {cal.generated_expected_frr:.2%}"
     return text + "; "
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from defectscan.pipeline.augment import generate, manifest, typical_size
+from defectscan.pipeline.augment import generate, generated_sources, manifest, typical_size
 from defectscan.pipeline.errors import InvalidArgumentError
 from defectscan.pipeline.images import encode_png
 from defectscan.pipeline.nuisance import NuisanceRanges
@@ -75,3 +75,17 @@ def augment_location(
     doc = manifest(records, seed, style, style_names, kinds, ranges)
     store.put(AUGMENT_JSON, json.dumps(doc, indent=1).encode(), "application/json")
     return doc
+
+
+def aux_sources(aux: str, names: Sequence[str], ok_names: Sequence[str]) -> list[int]:
+    """For auxiliary images read from ``aux`` (their keys ``names``): the index in ``ok_names`` of the OK
+    image each was generated from, by the manifest ``defectscan augment`` wrote there, or -1 (no
+    manifest, or made from other images)."""
+    store = open_storage(aux)
+    if not store.exists(AUGMENT_JSON):
+        return [-1] * len(names)
+    try:
+        doc = json.loads(store.get(AUGMENT_JSON))
+    except ValueError:
+        return [-1] * len(names)
+    return generated_sources(doc, names, ok_names) if isinstance(doc, dict) else [-1] * len(names)

@@ -264,7 +264,7 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
     if not images:
         detail = f"{len(skipped)} unreadable: {skipped[0]}" if skipped else "no images under it"
         raise TrainingDataError(req.manifest or str(req.ok), f"no usable OK images ({detail})")
-    aux = read_images(req.aux)[0] if req.aux else []
+    aux, aux_names = read_images(req.aux)[:2] if req.aux else ([], [])
     crops: list[Any] = images
     groups: list[str] = []  # with a template: each crop's photograph (one calibration fold each)
     segmenter = None
@@ -282,6 +282,12 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
                 req.manifest or str(req.ok), "the template was found in none of the OK images"
             )
     styled = restyled(req, crops, segmenter)
+    made_from = [-1] * len(aux)
+    if req.aux and not req.template:  # made by `defectscan augment` from these OK images: say from which
+        from defectscan.worker.augmentation import aux_sources
+
+        made_from = aux_sources(req.aux, aux_names, names)
+    made_from += list(range(len(styled)))  # restyled crop j is crop j in the new look
     aux = [*aux, *styled]
     feedback_ok, feedback_defects = read_feedback(f"{req.registry.rstrip('/')}/{req.product}")
     if feedback_ok:  # reviewers' confirmed false rejects: aligned crops, one photograph each
@@ -296,6 +302,7 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
         config,
         aux=aux,
         aux_weight=req.aux_weight,
+        aux_sources=made_from,
         names=names,
         groups=groups,
         val_defects=[*feedback_defects, *labelled],

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from defectscan.pipeline.backbone import BackboneError, lite2_weights_path, timm_state_dict
 from defectscan.pipeline.calibration import calibrate
-from defectscan.pipeline.errors import ModelFormatError, ModelNotFoundError
+from defectscan.pipeline.errors import InvalidArgumentError, ModelFormatError, ModelNotFoundError
 from defectscan.pipeline.evaluate import auroc
 from defectscan.pipeline.model import AnomalyModel, ModelConfig
 from defectscan.pipeline.model_config import DEFAULT_LAYERS, LITE2, STFPM_LAYERS
@@ -214,6 +214,40 @@ def test_patchcore_calibrates_on_every_ok_image_out_of_fold(good: list[np.ndarra
     assert strict.calibration.threshold > cal.threshold
     saved = AnomalyModel.load(model.save(Path(tempfile.mkdtemp()) / "m")).calibration
     assert saved == cal
+
+
+def test_the_threshold_holds_for_generated_images_too() -> None:
+    """Generated images (a new condition's look) scored out of fold raise the threshold to the point
+    their own tail allows the target; the OK images' figures are then those at the raised threshold."""
+    rng = np.random.default_rng(0)
+    ok = list(10 + rng.gumbel(0, 0.3, 200))
+    new = list(11 + rng.gumbel(0, 0.3, 200))
+    plain = calibrate(ok, [], 0.01, 5)
+    both = calibrate(ok, [], 0.01, 5, generated=new)
+    assert both.threshold == pytest.approx(calibrate(new, [], 0.01, 5).threshold)
+    assert both.threshold > plain.threshold + 0.8
+    assert both.generated_count == 200 and both.generated_expected_frr == pytest.approx(0.01, rel=1e-6)
+    assert both.expected_frr is not None and both.expected_frr < 0.01 and both.target_frr == 0.01
+    assert "generated" in both.rule
+    easy = calibrate(ok, [], 0.01, 5, generated=list(np.array(ok) - 1))  # easier than the OK images
+    assert easy.threshold == plain.threshold and easy.generated_expected_frr is not None
+    assert easy.generated_expected_frr < 0.01
+
+
+def test_generated_aux_images_are_held_out_with_their_source_and_calibrate(good: list[np.ndarray]) -> None:
+    """Aux images made from OK images (here: brighter copies) are scored against banks without their
+    source; those scores are kept and the threshold holds for them."""
+    brighter = [np.clip(g.astype(np.int16) * 5 // 4, 0, 255).astype(np.uint8) for g in good]
+    plain = AnomalyModel.fit(good, SMALL, aux=brighter, aux_weight=0.1)
+    made = AnomalyModel.fit(good, SMALL, aux=brighter, aux_weight=0.1, aux_sources=range(len(good)))
+    generated = made.record.calibration_scores.generated
+    assert len(generated) == len(good) and made.calibration.generated_count == len(good)
+    assert plain.record.calibration_scores.generated == [] and plain.calibration.generated_count == 0
+    assert np.median(generated) > np.median(made.record.calibration_scores.ok)
+    assert made.calibration.threshold > plain.calibration.threshold
+    assert np.mean(np.array(generated) > made.calibration.threshold) <= 0.1
+    with pytest.raises(InvalidArgumentError, match="aux sources"):
+        AnomalyModel.fit(good, SMALL, aux=brighter, aux_sources=[len(good)] * len(good))
 
 
 def test_other_folds_settings_keep_the_holdout_rule(good: list[np.ndarray]) -> None:

@@ -14,9 +14,6 @@ two CPU cores. Here:
 While the next exact picks are all among the ``4 b`` candidates, which is the usual case because
 distances only fall near a new centre, the result is the exact greedy's. Quality is measured as the
 agreement of anomaly scores with the exact selection (``bench/score.py``).
-
-**Weights.** A point with weight ``w`` in (0, 1] competes with ``w`` times its distance, so
-low-weight points (auxiliary images) become centres only where nothing else covers them.
 """
 
 from __future__ import annotations
@@ -56,7 +53,6 @@ def _nearest_to(
 def k_center_greedy(
     features: torch.Tensor,
     count: int,
-    weights: torch.Tensor | None = None,
     dim: int = 32,
     rounds: int = 512,
     seed: int = 0,
@@ -74,23 +70,22 @@ def k_center_greedy(
     n = features.shape[0]
     count = max(1, min(count, n))
     z = project(features, dim, seed)
-    w = torch.ones(n) if weights is None else weights.float().clamp(1e-6, 1.0)
     norms = (z * z).sum(1)
-    first = int(((z - z.mean(0)) ** 2).sum(1).mul(w).argmax())
+    first = int(((z - z.mean(0)) ** 2).sum(1).argmax())
     chosen = [first]
     nearest = _nearest_to(z, norms, torch.tensor([first]))
     nearest[first] = -1.0
     batch = max(1, count // rounds)
     while len(chosen) < count:
         b = min(batch, count - len(chosen))
-        crit = nearest.sqrt().mul(w)
+        crit = nearest.sqrt()
         crit[nearest < 0] = -1.0
         cand = crit.topk(min(4 * b, n)).indices
         local_nearest = nearest[cand].clone()
         pair = _sq_dist(z[cand], z[cand])
         picks: list[int] = []
         for _ in range(b):
-            local_crit = local_nearest.clamp_min(0).sqrt().mul(w[cand])
+            local_crit = local_nearest.clamp_min(0).sqrt()
             local_crit[local_nearest < 0] = -1.0
             j = int(local_crit.argmax())
             if local_crit[j] < 0:

@@ -145,12 +145,16 @@ class AnomalyModel:
         generated: list[float] = []
         for name, member in _members(net, config.method).items():
             usable = [k for k in kinds if fusion.member_views(name, [k])]
-            samples = [*train, *(img for k in usable for img in copies[k]), *aux]
-            weights = [1.0] * (len(samples) - len(aux)) + [aux_weight] * len(aux)
+            # aux images get the training views the OK images get (TTA scores them in every view)
+            views = [k for k in usable if k in tta.GEOMETRIC] if aux else []
+            aux_views = [*aux, *(img for k in views for img in augmented(aux, k, config.seed))]
+            samples = [*train, *(img for k in usable for img in copies[k]), *aux_views]
+            weights = [1.0] * (len(samples) - len(aux_views)) + [aux_weight] * len(aux_views)
             batches = model._training_batches(samples, weights)
             if folds and isinstance(member, networks.BankPatchcore):
                 sources = [*range(len(train)), *(i for k in usable for i in range(len(train)))]
-                sources += aux_sources  # generated from an OK image: held out with it; else never
+                # generated from an OK image: held out with it; else never
+                sources += aux_sources * (1 + len(views))
                 fitted = networks.fit_patchcore(member, batches, config.coreset_ratio, sources, folds)
                 stats[name] = fitted.stats
                 offsets = {k: len(train) * (1 + i) for i, k in enumerate(usable)} | {"identity": 0}
@@ -180,6 +184,7 @@ class AnomalyModel:
                 "out_of_fold": len(ok) if folds else 0,
                 "ok_scores": score_summary(ok_scores),
                 "training_samples": len(train) + sum(len(v) for v in copies.values()) + len(aux),
+                "aux_views": len(aux_views) if aux else 0,
                 "aux_count": len(aux),
                 "aux_weight": aux_weight if aux else None,
                 "augment": kinds,

@@ -11,10 +11,14 @@
 
 Auxiliary images (GAN-made or otherwise augmented OK images) enter with a weight ``w`` in (0, 1]:
 
-* *patchcore*: aux patches compete in the coreset with ``w`` times their distance, and every bank entry
-  that came from an aux image carries a distance penalty ``(1 - w) * tau``, where ``tau`` is the median
-  distance between neighbouring bank entries. A test patch that matches only aux features therefore
-  scores higher the lower ``w`` is; at ``w = 1`` aux images count as OK images.
+* *patchcore*: an aux image counts as ``w`` of an image: a share ``w`` of its patches (drawn with a
+  fixed seed) joins the OK patches the coreset is chosen from, and they compete as equals. Features seen
+  only in aux images are then covered more coarsely the lower ``w`` is, so a test patch that matches
+  only them scores higher; at ``w = 1`` aux images count as OK images. (Earlier releases let aux
+  patches compete with ``w`` times their distance and gave their entries a distance penalty
+  ``(1 - w) * tau``; at ``w = 0.1`` that left almost no aux entry in the bank, so generated images of a
+  new condition taught the model nothing. Models saved with penalties still load and score as they
+  did.)
 * *padim*: the mean and covariance are weighted means over samples, aux samples weighing ``w``.
 """
 
@@ -211,40 +215,29 @@ def fit_patchcore(
     net.embedding_store.clear()
     bank = torch.cat(embeddings)
     weight = torch.cat(weights)
-    net.memory_bank, net.bank_penalty, chosen_w = _coreset_bank(bank, weight, ratio=coreset_ratio)
+    # an aux image counts as w of an image: a share w of its patches may enter the bank
+    drawn = torch.rand(weight.shape[0], generator=torch.Generator().manual_seed(0)) < weight
+    pool = (weight >= 1) | drawn
+    chosen = _coreset(bank, pool, max(int(int(pool.sum()) * coreset_ratio), 1))
+    net.memory_bank, net.bank_penalty = bank[chosen].contiguous(), torch.empty(0)
     fold_banks = []
     if folds:
         source = torch.repeat_interleave(torch.tensor(list(sources)), torch.tensor(rows))
         for fold in folds:
-            keep = ~torch.isin(source, torch.tensor(sorted(fold)))
-            fold_bank, penalty, _ = _coreset_bank(bank[keep], weight[keep], size=net.memory_bank.shape[0])
-            fold_banks.append((fold_bank, penalty))
+            keep = pool & ~torch.isin(source, torch.tensor(sorted(fold)))
+            fold_banks.append(
+                (bank[_coreset(bank, keep, net.memory_bank.shape[0])].contiguous(), torch.empty(0))
+            )
     net.eval()
     stats = {"patches": float(bank.shape[0]), "bank": float(net.memory_bank.shape[0])}
-    stats |= {"aux_in_bank": float((chosen_w < 1).sum())}
+    stats |= {"aux_in_bank": float((weight[chosen] < 1).sum())}
     return PatchcoreFit(stats, fold_banks, bank, rows[0] if rows else 0)
 
 
-def _coreset_bank(
-    bank: torch.Tensor, weight: torch.Tensor, ratio: float = 0.0, size: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(coreset bank, its penalties, its entries' weights)`` from patch embeddings and weights: ``size``
-    entries, or ``ratio`` of the patches."""
-    idx = k_center_greedy(bank, size or max(int(bank.shape[0] * ratio), 1), weights=weight)
-    chosen = bank[idx].contiguous()
-    chosen_w = weight[idx]
-    penalty = torch.empty(0)  # no aux entry in the bank: plain PatchCore distances
-    if bool((chosen_w < 1).any()):
-        penalty = (1 - chosen_w) * _neighbour_scale(chosen)
-    return chosen, penalty, chosen_w
-
-
-def _neighbour_scale(bank: torch.Tensor, sample: int = 4096) -> float:
-    """Median distance from a bank entry to its nearest other entry."""
-    rows = bank[torch.linspace(0, bank.shape[0] - 1, min(sample, bank.shape[0])).long()]
-    d = PatchcoreModel.euclidean_dist(rows, bank)
-    d[d <= 1e-6] = float("inf")  # the entry itself
-    return float(d.amin(1).median())
+def _coreset(bank: torch.Tensor, pool: torch.Tensor, size: int) -> torch.Tensor:
+    """The indices into ``bank`` of a coreset of ``size`` entries chosen among the rows ``pool`` marks."""
+    among = torch.nonzero(pool).squeeze(1)
+    return among[k_center_greedy(bank[among], min(size, among.numel()))]
 
 
 @torch.no_grad()

@@ -231,11 +231,12 @@ def gate(
     return True, "auto: validation not worse than the current version"
 
 
-def restyled(req: RetrainRequest, crops: list[Any], segmenter: Any) -> list[Any]:
+def restyled(req: RetrainRequest, crops: list[Any], segmenter: Any) -> tuple[list[Any], list[Any]]:
     """With ``--style-from``: each OK crop once in the new condition's style (its images cut with the
-    template, as the OK images are), for training as auxiliary images; else none."""
+    template, as the OK images are), for training as auxiliary images, and the new condition's images
+    the style was learned from (as cut); else neither."""
     if not req.style_from:
-        return []
+        return [], []
     from defectscan.pipeline.augment import generate
     from defectscan.worker.augmentation import read_set, style_for
 
@@ -250,7 +251,17 @@ def restyled(req: RetrainRequest, crops: list[Any], segmenter: Any) -> list[Any]
             )
     style = style_for(crops, targets)
     sources = [(f"{i}.png", crop) for i, crop in enumerate(crops)]
-    return [made.image for made in generate(sources, len(crops), 0, style)]
+    return [made.image for made in generate(sources, len(crops), 0, style)], targets
+
+
+def _new_condition_check(model: Any, images: list[Any]) -> dict[str, Any] | None:
+    """The ``--style-from`` images (never trained on) scored by the new model: how many it would reject.
+    Too few to set a rate, enough to show a threshold that is far off."""
+    if not images:
+        return None
+    scores = [r.score for r in model.score(images)]
+    above = sum(s > model.calibration.threshold for s in scores)
+    return {"images": len(scores), "above_threshold": above, "max_score": round(max(scores), 4)}
 
 
 def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
@@ -281,7 +292,7 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
             raise TrainingDataError(
                 req.manifest or str(req.ok), "the template was found in none of the OK images"
             )
-    styled = restyled(req, crops, segmenter)
+    styled, new_condition = restyled(req, crops, segmenter)
     made_from = [-1] * len(aux)
     if req.aux and not req.template:  # made by `defectscan augment` from these OK images: say from which
         from defectscan.worker.augmentation import aux_sources
@@ -323,6 +334,7 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
         "fit_s": round(time.perf_counter() - start, 2),
         "threshold": model.calibration.threshold,
         "threshold_rule": model.calibration.rule,
+        "new_condition_check": _new_condition_check(model, new_condition),
         "trained_at": _now(),
         "validation": None,
     }

@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,13 @@ def data(env: dict[str, str], dev_s3: DevS3, tmp_path_factory: pytest.TempPathFa
     dev_s3.create_bucket(bucket)
     store = S3Storage(bucket)
     local = tmp_path_factory.mktemp("retrain")
-    for folder, seed, rate, count in (("ok", 99, 0.0, 8), ("inspect", 5, 0.3, 4)):
-        for key in write_sheet_images(LocalStorage(local / folder), count, seed, rate, SPEC):
+    new_line = replace(SPEC, gradient=(0.25, 0.35), colour_gain=(1.1, 0.95, 0.8), noise_sigma=5.0)
+    for folder, seed, rate, count, spec in (
+        ("ok", 99, 0.0, 8, SPEC),
+        ("inspect", 5, 0.3, 4, SPEC),
+        ("new-line", 17, 0.0, 5, new_line),  # a new light and camera: five sheets of ten OK instances
+    ):
+        for key in write_sheet_images(LocalStorage(local / folder), count, seed, rate, spec):
             store.put(f"{folder}/{key}", (local / folder / key).read_bytes())
     write_synthetic_set(LocalStorage(local / "synth"), sheets=4, defect_rate=0.4, seed=12, spec=SPEC)
     for path in sorted((local / "synth" / "mvtec").rglob("*.png")):
@@ -222,6 +228,25 @@ def _review_feeds_back(
     # the passed instances nobody marked missed, and the false reject
     assert len(reviewed["reviewed_ok"]) == len(passed) - 2 + 1
     assert "Reviewed in production" in registry.store.get(f"foil/{v4}/MODEL_CARD.md").decode()
+
+
+@pytest.mark.slow
+def test_retrain_style_from_calibrates_on_the_restyled_crops(
+    data: dict[str, str], workers: dict[str, Path]
+) -> None:
+    """Every OK crop restyled as the new line looks, held out with its source, and the threshold holds
+    for them; the new line's own ten instances are scored as a check."""
+    registry = Registry(data["registry"])
+    state = _finished(
+        _retrain(data, "--promote", "never", "--style-from", f"s3://{data['bucket']}/new-line/")
+    )
+    assert state["state"] == "done", state
+    version = state["version"]
+    metrics = json.loads(registry.store.get(f"foil/{version}/metrics.json"))
+    assert metrics["training"]["restyled_aux"] == 16 and metrics["new_condition_check"]["images"] == 10
+    doc = json.loads(registry.store.get(f"foil/{version}/model.json"))
+    assert doc["calibration"]["generated_count"] == 16 and len(doc["calibration_scores"]["generated"]) == 16
+    assert "Generated images" in registry.store.get(f"foil/{version}/MODEL_CARD.md").decode()
 
 
 @pytest.mark.slow

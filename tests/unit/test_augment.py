@@ -258,10 +258,12 @@ def test_retrain_style_from_restyles_each_ok_crop_with_the_new_photos_cut_by_the
     segmenter = Segmenter(reference_template(), SegmentOptions(angles=(-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)))
     crops = conditions["a_train"][:8]
     req = RetrainRequest(request_id="r", product="foil", registry=str(tmp_path / "reg"), style_from=str(new))
-    aux = restyled(req, crops, segmenter)
+    aux, cut = restyled(req, crops, segmenter)
     assert len(aux) == len(crops) and all(a.shape == c.shape for a, c in zip(aux, crops, strict=True))
     target = np.concatenate([c.reshape(-1, 3) for c in conditions["b_style"]]).mean(0)
     before = np.concatenate([c.reshape(-1, 3) for c in crops]).mean(0)
     after = np.concatenate([a.reshape(-1, 3) for a in aux]).mean(0)
     assert np.abs(after - target).max() < 0.5 * np.abs(before - target).max()
-    assert restyled(req.model_copy(update={"style_from": None}), crops, segmenter) == []
+    # the new condition's photographs as the template cut them (8 instances each), for the check
+    assert len(cut) == 16 and all(c.shape == crops[0].shape for c in cut)
+    assert restyled(req.model_copy(update={"style_from": None}), crops, segmenter) == ([], [])

@@ -9,29 +9,30 @@ In the order they are applied:
 
 1. **lighting**: each image's light falls off across it (a plane in log luminance over the image's
    normalised coordinates, fitted to the image blurred and shrunk against the old condition's mean
-   image, so the product's own pattern cancels). The new condition's slopes, less the old one's mean
-   slope, are put on the old images, one of the new images' slopes per generated image: a new light
-   that falls off more strongly, or the other way, is carried; a uniform change of level is left to
-   the colour map;
-2. **sharpness**: the mean gradient magnitude of the luminance, measured after a light blur that keeps
-   sensor noise out of it, and after the colour map (contrast scales gradients: a darker or greyer new
-   condition is not a blurrier one). A blurrier new condition is matched with the Gaussian blur that
-   brings the old images' figure to the new one's, a sharper one with an unsharp mask, each found by
-   bisection;
+   image, so the product's own pattern cancels). Each generated image gets the slopes and the level of
+   one of the new images, less the old images' mean: a new light that falls off more steeply, or
+   lights some parts more than others, is carried;
+2. **sharpness** (:func:`sharpness`): on the strongest tenth of the edges, the gradient magnitude
+   after a light blur over the same after a blur twice as wide, which a gain, a tone curve, a colour
+   cast, a light gradient and noise leave alone. A blurrier new condition is matched with the Gaussian
+   blur that brings the old images' figure, after the colour map, to the new one's, a sharper one with
+   an unsharp mask, each found by bisection;
 3. **colour**: each channel mapped from the old condition's distribution to the new one's. Two
    methods: ``stats`` (Reinhard's transfer: each CIELAB channel's mean and standard deviation) and
    ``histogram`` (each RGB channel's quantiles mapped onto the new ones, which also carries gamma and
    clipping); :data:`DEFAULT_METHOD` was chosen by measurement (``bench/augment.py``);
-4. **noise**: the noise level of each set (the median absolute response of the luminance to a 3x3
-   kernel that cancels planes, which edges barely move). Gaussian noise is added with the sigma that
-   brings the old images' level, after the steps above, to the new one's (bisection again: noise in a
-   cut crop is no longer white, so the kernel's response is not a fixed multiple of its sigma).
+4. **noise** (:func:`noise_level`, at two scales): Gaussian noise with a grain (a blur of 0 to 1 px:
+   noise in a cut crop is no longer white) whose strength brings the old images' level, after the
+   steps above, to the new one's at the coarser scale, the grain chosen to match best at the finer
+   one, and as much of it common to the channels as the new condition's noise has
+   (:func:`noise_shared`).
 
 Everything a style holds is numbers (:meth:`Style.params`, recorded in the augmentation manifest).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -58,23 +59,40 @@ def _luma(image: NDArray[np.uint8]) -> NDArray[np.float32]:
     return np.asarray(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), np.float32)
 
 
-def noise_level(image: NDArray[np.uint8] | NDArray[np.float32], scale: int = 1) -> float:
-    """Sensor noise, in 8-bit units, at ``scale`` (1: the pixels; 2: the image halved, which sees noise
-    that cutting and resizing spread over neighbouring pixels): the mean absolute response of each
-    channel to a kernel that cancels planes, over the flatter half of the image (edges stay out of it),
-    scaled to a Gaussian's sigma for white noise."""
+def _flat_response(image: NDArray[np.uint8] | NDArray[np.float32], scale: int) -> NDArray[np.float32]:
+    """Each channel's response to a kernel that cancels planes, over the flatter half of the image at
+    ``scale`` (1: the pixels; 2: the image halved), ``(N, 3)``."""
     x = np.asarray(image, np.float32)
     if scale > 1:
         x = np.asarray(
             cv2.resize(x, (x.shape[1] // scale, x.shape[0] // scale), interpolation=cv2.INTER_AREA),
             np.float32,
         )
-    response = np.abs(cv2.filter2D(x, cv2.CV_32F, _NOISE_KERNEL)[1:-1, 1:-1])
+    response = cv2.filter2D(x, cv2.CV_32F, _NOISE_KERNEL)[1:-1, 1:-1]
     smooth = cv2.GaussianBlur(x.mean(axis=2), (0, 0), 2.0)[1:-1, 1:-1]
     edges = np.hypot(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
-    flat = edges <= np.median(edges)
+    return np.asarray(response[edges <= np.median(edges)], np.float32)
+
+
+def noise_level(image: NDArray[np.uint8] | NDArray[np.float32], scale: int = 1) -> float:
+    """Sensor noise, in 8-bit units, at ``scale`` (1: the pixels; 2: the image halved, which sees noise
+    that cutting and resizing spread over neighbouring pixels): the mean absolute response of each
+    channel to a kernel that cancels planes, over the flatter half of the image (edges stay out of it),
+    scaled to a Gaussian's sigma for white noise."""
     # for white noise the kernel's response has sigma 6 * sigma; E|N(0, s)| = 0.7979 s
-    return float(response[flat].mean() / (0.7979 * 6.0))
+    return float(np.abs(_flat_response(image, scale)).mean() / (0.7979 * 6.0))
+
+
+def noise_shared(image: NDArray[np.uint8] | NDArray[np.float32]) -> float:
+    """The share of the noise the colour channels have in common, 0 (independent) to 1 (grey images, or
+    noise added after the colour was made): the mean correlation of their responses over the flatter
+    half of the image."""
+    response = _flat_response(image, 1)
+    spread = response.std(axis=0)
+    if (spread < 1e-6).any():
+        return 1.0
+    corr = np.asarray(np.corrcoef(response.T), np.float64)
+    return float(np.clip((corr[0, 1] + corr[0, 2] + corr[1, 2]) / 3.0, 0.0, 1.0))
 
 
 def _gradient(luma: NDArray[np.float32], smooth: float) -> NDArray[np.float32]:
@@ -163,6 +181,7 @@ class Style:
     focus: float = 0.0  # > 0: blur sigma (px); < 0: unsharp strength; 0: none
     noise_sigma: float = 0.0  # Gaussian noise added, 8-bit units
     noise_grain: float = 0.0  # px: the added noise's blur (0: white); cut and resized images have grain
+    noise_shared: float = 0.0  # the share of the added noise common to the channels (1: grey noise)
     lighting: tuple[tuple[float, float, float], ...] = ()  # lights put on old images, one drawn per image
     source_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # LAB, stats method
     source_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -176,7 +195,7 @@ class Style:
         """``image`` of the old condition, in the new one's look (same size, same structure)."""
         light = self.lighting[int(rng.integers(len(self.lighting)))] if self.lighting else (0.0, 0.0, 0.0)
         out = self._toned(_refocused(_lit(image.astype(np.float32), light), self.focus))
-        return _as_uint8(out + _noise(out.shape, self.noise_sigma, self.noise_grain, rng))
+        return _as_uint8(out + _noise(out.shape, self.noise_sigma, self.noise_grain, self.noise_shared, rng))
 
     def _toned(self, image: NDArray[np.float32]) -> NDArray[np.float32]:
         """The colour map (step 3) of an image in float grey levels."""
@@ -227,6 +246,7 @@ class Style:
             "focus": self.focus,
             "noise_sigma": round(self.noise_sigma, 4),
             "noise_grain": self.noise_grain,
+            "noise_shared": round(self.noise_shared, 4),
             "lighting": [_rounded(s) for s in self.lighting],
             **{k: round(v, 4) for k, v in self.figures.items()},
         }
@@ -284,14 +304,14 @@ def fit_style(
     style = toned
 
     # 4. noise: the grain and sigma that bring the restyled images' levels at both scales to the new ones
-    sigma, grain = _noise_fit(style, sample, target)
+    sigma, grain, shared = _noise_fit(style, sample, target)
     figures = {
         "source_sharpness": float(np.mean([sharpness(img) for img in sample])),
         "target_sharpness": sharp_t,
         "source_noise": float(np.median([noise_level(img) for img in sample])),
         "target_noise": float(np.median([noise_level(img) for img in target])),
     }
-    return replace(style, noise_sigma=sigma, noise_grain=grain, figures=figures)
+    return replace(style, noise_sigma=sigma, noise_grain=grain, noise_shared=shared, figures=figures)
 
 
 def _focus(lit: Sequence[NDArray[np.float32]], toned: Style, target: float) -> float:
@@ -309,12 +329,15 @@ def _focus(lit: Sequence[NDArray[np.float32]], toned: Style, target: float) -> f
 
 
 def _noise(
-    shape: tuple[int, ...], sigma: float, grain: float, rng: np.random.Generator
+    shape: tuple[int, ...], sigma: float, grain: float, shared: float, rng: np.random.Generator
 ) -> NDArray[np.float32] | float:
-    """Gaussian noise of standard deviation ``sigma``, blurred by ``grain`` px (and rescaled)."""
+    """Gaussian noise of standard deviation ``sigma`` in each channel, a share ``shared`` of its variance
+    common to the channels, blurred by ``grain`` px (and rescaled)."""
     if sigma <= 0:
         return 0.0
-    noise = rng.standard_normal(shape, dtype=np.float32)
+    own = rng.standard_normal(shape, dtype=np.float32)
+    common = rng.standard_normal((*shape[:2], 1), dtype=np.float32)
+    noise = np.float32(math.sqrt(1.0 - shared)) * own + np.float32(math.sqrt(shared)) * common
     if grain > 0:
         noise = np.asarray(cv2.GaussianBlur(noise, (0, 0), grain), np.float32)
         noise /= np.float32(max(float(noise.std()), 1e-6))
@@ -327,10 +350,10 @@ _NOISE_WINDOW = 256  # px: noise is measured on each image's centre, at most thi
 
 def _noise_fit(
     style: Style, sample: Sequence[NDArray[np.uint8]], target: Sequence[NDArray[np.uint8]]
-) -> tuple[float, float]:
-    """``(sigma, grain)`` of the noise that brings ``sample``, restyled by ``style``, to the noise level
-    of ``target`` at scale 2 (what a model of resized crops sees), with the grain whose level at scale 1
-    comes nearest the target's."""
+) -> tuple[float, float, float]:
+    """``(sigma, grain, shared)`` of the noise that brings ``sample``, restyled by ``style``, to the noise
+    level of ``target`` at scale 2 (what a model of resized crops sees), with the grain whose level at
+    scale 1 comes nearest the target's, and the target's share of noise common to the channels."""
 
     def window(img: NDArray[np.uint8]) -> NDArray[np.uint8]:
         h, w = img.shape[:2]
@@ -339,24 +362,25 @@ def _noise_fit(
 
     rng = np.random.default_rng(0)
     base = [style.apply(window(img), rng).astype(np.float32) for img in sample]
+    shared = float(np.median([noise_shared(window(img)) for img in target]))
     fine_t = float(np.median([noise_level(window(img)) for img in target]))
     coarse_t = float(np.median([noise_level(window(img), 2) for img in target]))
 
     def noisy(sigma: float, grain: float) -> list[NDArray[np.uint8]]:
         rng = np.random.default_rng(1)
-        return [_as_uint8(img + _noise(img.shape, sigma, grain, rng)) for img in base]
+        return [_as_uint8(img + _noise(img.shape, sigma, grain, shared, rng)) for img in base]
 
     def coarse(sigma: float, grain: float) -> float:
         return float(np.median([noise_level(img, 2) for img in noisy(sigma, grain)]))
 
     if coarse(0.0, 0.0) >= coarse_t:
-        return 0.0, 0.0
+        return 0.0, 0.0, shared
     best: tuple[float, float, float] = (float("inf"), 0.0, 0.0)
     for grain in _GRAINS:
         sigma = _bisect(lambda s: coarse(s, grain), coarse_t, 0.0, 6.0 * coarse_t + 2.0, rising=True)  # noqa: B023
         miss = abs(float(np.median([noise_level(img) for img in noisy(sigma, grain)])) - fine_t)
         best = min(best, (miss, sigma, grain))
-    return best[1], best[2]
+    return best[1], best[2], shared
 
 
 def _as_uint8(image: NDArray[np.float32] | NDArray[np.uint8]) -> NDArray[np.uint8]:

@@ -120,6 +120,21 @@ def test_a_change_of_colour_noise_or_light_alone_is_not_taken_for_blur(
     )
 
 
+def test_grey_images_stay_grey(conditions: dict[str, list[np.ndarray]]) -> None:
+    """A grey product under a new camera: the noise added is common to the channels, as the new
+    images' is, so restyled images stay grey."""
+
+    def grey(images: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.repeat(cv2.cvtColor(i, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2) for i in images]
+
+    style = fit_style(grey(conditions["a_train"]), grey(conditions["b_style"]))
+    assert style.noise_shared == 1.0 and style.noise_sigma > 0
+    styled = style.apply(grey(conditions["a_test"])[0], np.random.default_rng(0))
+    assert np.array_equal(styled[..., 0], styled[..., 1]) and np.array_equal(styled[..., 0], styled[..., 2])
+    colour = fit_style(conditions["a_train"], conditions["b_style"])  # the sheets' noise: per channel
+    assert colour.noise_shared < 0.3
+
+
 def test_a_restyled_sheet_is_found_at_the_same_poses(conditions: dict[str, list[np.ndarray]]) -> None:
     old = [generate_sheet(5, k, 0.0, A).image for k in range(2)]
     new = [generate_sheet(5, k, 0.0, B).image for k in range(2, 4)]

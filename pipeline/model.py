@@ -243,7 +243,7 @@ class AnomalyModel:
         fitted: networks.PatchcoreFit,
     ) -> list[float]:
         """Each auxiliary image generated from an OK image, scored against the bank of the folds its
-        source is not in (the backbone runs: training saw only their identity view)."""
+        source is not in, as any crop is scored (every TTA view through the backbone)."""
         net = self.net
         final = (net.memory_bank, net.bank_penalty)
         scores: list[float] = []

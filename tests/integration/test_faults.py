@@ -307,11 +307,12 @@ def test_an_s3_outage_of_30_s_mid_batch_is_ridden_through(cluster: Cluster) -> N
 def test_a_poison_input_gets_its_own_verdict_and_the_rest_of_its_chunk_goes_on(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An input that takes far longer than its chunk's time limit (a 53 MP sheet with short limits):
+    """An input that takes far longer than its chunk's time limit (an 84 MP sheet with short limits; a
+    53 MP one finished inside them on a quiet machine):
     the chunk is resumed, the input alone, and then given a ``timeout`` verdict; the batch finishes."""
     _sheets(cluster, "poison/", 5, seed=45)
     big = generate_sheet(46, 0, 0.0, SPEC).image
-    S3Storage(cluster.bucket, "poison").put("sheet_002b.png", encode_png(_tile(big, 16, 8)))
+    S3Storage(cluster.bucket, "poison").put("sheet_002b.png", encode_png(_tile(big, 20, 10)))
     limits = {"DEFECTSCAN_CHUNK_BASE_S": "10", "DEFECTSCAN_IMAGE_S": "1"}  # where chunks are sent
     for name, value in limits.items():
         monkeypatch.setenv(name, value)

@@ -236,6 +236,8 @@ def fit_patchcore(
 
 def _coreset(bank: torch.Tensor, pool: torch.Tensor, size: int) -> torch.Tensor:
     """The indices into ``bank`` of a coreset of ``size`` entries chosen among the rows ``pool`` marks."""
+    if bool(pool.all()):  # no aux patch left out: no copy of the bank
+        return k_center_greedy(bank, min(size, bank.shape[0]))
     among = torch.nonzero(pool).squeeze(1)
     return among[k_center_greedy(bank[among], min(size, among.numel()))]
 

@@ -59,6 +59,12 @@ def _luma(image: NDArray[np.uint8]) -> NDArray[np.float32]:
     return np.asarray(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), np.float32)
 
 
+def _gradient(luma: NDArray[np.float32], smooth: float) -> NDArray[np.float32]:
+    """The gradient magnitude of ``luma`` after a Gaussian blur of ``smooth`` px."""
+    blurred = cv2.GaussianBlur(luma, (0, 0), smooth)
+    return np.hypot(cv2.Sobel(blurred, cv2.CV_32F, 1, 0), cv2.Sobel(blurred, cv2.CV_32F, 0, 1))
+
+
 def _flat_response(image: NDArray[np.uint8] | NDArray[np.float32], scale: int) -> NDArray[np.float32]:
     """Each channel's response to a kernel that cancels planes, over the flatter half of the image at
     ``scale`` (1: the pixels; 2: the image halved), ``(N, 3)``."""
@@ -69,8 +75,7 @@ def _flat_response(image: NDArray[np.uint8] | NDArray[np.float32], scale: int) -
             np.float32,
         )
     response = cv2.filter2D(x, cv2.CV_32F, _NOISE_KERNEL)[1:-1, 1:-1]
-    smooth = cv2.GaussianBlur(x.mean(axis=2), (0, 0), 2.0)[1:-1, 1:-1]
-    edges = np.hypot(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
+    edges = _gradient(np.asarray(x.mean(axis=2), np.float32), 2.0)[1:-1, 1:-1]
     return np.asarray(response[edges <= np.median(edges)], np.float32)
 
 
@@ -93,12 +98,6 @@ def noise_shared(image: NDArray[np.uint8] | NDArray[np.float32]) -> float:
         return 1.0
     corr = np.asarray(np.corrcoef(response.T), np.float64)
     return float(np.clip((corr[0, 1] + corr[0, 2] + corr[1, 2]) / 3.0, 0.0, 1.0))
-
-
-def _gradient(luma: NDArray[np.float32], smooth: float) -> NDArray[np.float32]:
-    """The gradient magnitude of ``luma`` after a Gaussian blur of ``smooth`` px."""
-    blurred = cv2.GaussianBlur(luma, (0, 0), smooth)
-    return np.hypot(cv2.Sobel(blurred, cv2.CV_32F, 1, 0), cv2.Sobel(blurred, cv2.CV_32F, 0, 1))
 
 
 def sharpness(image: NDArray[np.uint8] | NDArray[np.float32]) -> float:

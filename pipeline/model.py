@@ -22,7 +22,8 @@ folds' patches (the backbone runs once for all folds; see :func:`pipeline.networ
 final model is trained on all OK images. The threshold is the operating point for ``target_frr``
 (default 0.01, the share of good parts the user accepts to re-check) from those out-of-fold scores;
 labelled defect crops add the escape rate at it. Other methods keep ``holdout`` (20 %) of the OK images
-out of training and score them (the rules: :func:`pipeline.calibration.calibrate`).
+out of training, score them, and set the same operating point from those scores (fewer, so its interval
+is wider); ``folds=0`` asks for the holdout rules instead (:func:`pipeline.calibration.calibrate`).
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ class AnomalyModel:
                 ok_scores = [r.score for r in model.score(held_ok)] if held_ok else []
         model.net.eval()
         defect_scores = [r.score for r in model.score(val_defects)] if val_defects else []
-        target = config.target_frr if folds else None
+        target = config.target_frr if config.folds >= 2 else None  # holdout methods too: one operating point
         model.calibration = calibrate(ok_scores, defect_scores, target, len(folds), generated=generated)
         model.record = ModelRecord(
             calibration_scores=CalibrationScores(

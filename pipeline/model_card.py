@@ -37,6 +37,7 @@ def model_card(doc: ModelDoc) -> str:
             f"* Trained with reviewers' feedback: {feedback.get('ok', 0)} confirmed false rejects as OK "
             f"images, {feedback.get('defects', 0)} confirmed defects for calibration"
         )
+    lines += _auto(training.get("auto"))
     lines += ["", "## Operating point", "", f"* Threshold: {_num(cal.threshold)} ({cal.rule})"]
     if cal.expected_frr is not None:
         low, high = cal.frr_interval or (None, None)
@@ -67,6 +68,31 @@ def model_card(doc: ModelDoc) -> str:
     else:
         lines.append("* Labelled defects: none given, so the escape rate is not known")
     return "\n".join(lines) + "\n"
+
+
+def _auto(search: object) -> list[str]:
+    """The candidates ``train --auto`` measured on planted defects, as a table."""
+    if not isinstance(search, dict):
+        return []
+    lines = [
+        "",
+        "## Configuration chosen on planted defects (--auto)",
+        "",
+        f"{search.get('criterion')}; {search.get('trained_on')} OK images trained each candidate, "
+        f"{search.get('held_out')} held out were scored clean and with a planted defect each "
+        f"({', '.join(f'{k} {v}' for k, v in dict(search.get('planted') or {}).items())}).",
+        "",
+        "| candidate | image AUROC | AUPRO | criterion | seconds |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for cand in search.get("candidates") or []:
+        mark = " (chosen)" if cand.get("name") == search.get("chosen") else ""
+        if cand.get("skipped"):
+            lines.append(f"| {cand.get('name')} | skipped: {cand['skipped']} | | | |")
+            continue
+        figures = " | ".join(_num(cand.get(k)) for k in ("image_auroc", "aupro", "criterion", "seconds"))
+        lines.append(f"| {cand.get('name')}{mark} | {figures} |")
+    return lines
 
 
 def _scored(training: dict[str, Any]) -> str:

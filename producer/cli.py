@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
+from defectscan.pipeline.auto_config import DEFAULT_BUDGET_MIN, fit_auto
 from defectscan.pipeline.calibration import Calibration
 from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
 from defectscan.pipeline.images import decode_image, encode_png
@@ -196,6 +197,19 @@ def _read_set(folder: Path, label: str) -> ImageSet:
 @click.option(
     "--folds", default=5, show_default=True, type=click.IntRange(0), help="Out-of-fold folds (0: a holdout)."
 )
+@click.option(
+    "--auto",
+    is_flag=True,
+    help="Choose the method, image size and layers by measuring candidates on defects planted on "
+    "held-out OK images.",
+)
+@click.option(
+    "--budget-min",
+    default=DEFAULT_BUDGET_MIN,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --auto: the search's time budget in minutes (costlier candidates past it are skipped).",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 def train(
     ok_dir: Path | None,
@@ -213,11 +227,21 @@ def train(
     layers: str,
     target_frr: float,
     folds: int,
+    auto: bool,
+    budget_min: float,
     out: Path,
 ) -> None:
     """Train an anomaly model on OK images only (aligned crops, or whole images) into OUT."""
     if (ok_dir is None) == (manifest is None):
         raise click.UsageError("give exactly one of --ok and --manifest")
+    context = click.get_current_context()
+    chosen_by_hand = [
+        f"--{name.replace('_', '-')}"
+        for name in ("method", "image_size", "layers", "tta_views")
+        if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    ]
+    if auto and chosen_by_hand:
+        raise click.UsageError(f"--auto chooses {', '.join(chosen_by_hand)} itself: leave them out")
     with staged_manifest(manifest, "train") as staged:
         if staged is not None:
             ok_dir = staged / "train" / "good"
@@ -243,23 +267,33 @@ def train(
         made_from = aux_sources(str(aux_dir), aux.names, ok.names) if aux_dir else []
         defects = _read_set(val_defects, "defect") if val_defects else ImageSet()
         start = time.perf_counter()
-        model = AnomalyModel.fit(
-            ok.images,
-            config,
-            aux=aux.images,
-            aux_weight=aux_weight,
-            aux_sources=made_from,
-            augment=[a for a in augment.split(",") if a],
-            val_defects=defects.images,
-            names=ok.names,
-            groups=[sources.get(name, name) for name in ok.names] if sources else (),
+        groups = [sources.get(name, name) for name in ok.names] if sources else []
+
+        def fitted(chosen: ModelConfig) -> AnomalyModel:
+            return AnomalyModel.fit(
+                ok.images,
+                chosen,
+                aux=aux.images,
+                aux_weight=aux_weight,
+                aux_sources=made_from,
+                augment=[a for a in augment.split(",") if a],
+                val_defects=defects.images,
+                names=ok.names,
+                groups=groups,
+            )
+
+        model = (
+            fit_auto(ok.images, config, fitted, groups, budget_min, log=click.echo)
+            if auto
+            else fitted(config)
         )
         fit_s = round(time.perf_counter() - start, 2)
         model.record.timings_s = {"fit": fit_s}
         model.save(out)
         cal = model.calibration
         click.echo(
-            f"trained {method} on {len(ok.images)} OK images ({len(ok.skipped)} skipped) in "
+            f"trained {model.config.method} at {model.config.image_size} px on {len(ok.images)} OK images "
+            f"({len(ok.skipped)} skipped) in "
             f"{fit_s} s; threshold {cal.threshold:.4g} ({cal.rule}); {_operating_point(cal)}"
             f"version {model.version}; saved to {out}"
         )

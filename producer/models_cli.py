@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from defectscan.pipeline.auto_config import DEFAULT_BUDGET_MIN
 from defectscan.producer.console import err
 from defectscan.worker.app import app
 from defectscan.worker.registry import Registry, registry_location
@@ -41,6 +42,18 @@ def registry_option(fn):  # type: ignore[no-untyped-def]
 @click.option("--promote", type=click.Choice(["auto", "never", "always"]), default="auto", show_default=True)
 @click.option("--method", default="patchcore", show_default=True)
 @click.option("--image-size", default=256, show_default=True, type=click.IntRange(32, 1024))
+@click.option(
+    "--auto",
+    is_flag=True,
+    help="Choose the method, image size and layers on defects planted on held-out OK images.",
+)
+@click.option(
+    "--budget-min",
+    default=DEFAULT_BUDGET_MIN,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --auto: the search's time budget in minutes.",
+)
 @registry_option
 def retrain(
     product: str,
@@ -54,6 +67,8 @@ def retrain(
     promote: str,
     method: str,
     image_size: int,
+    auto: bool,
+    budget_min: float,
     registry: str | None,
 ) -> None:
     """Retrain PRODUCT on the retrain queue; print the request id (`defectscan status ID` follows it).
@@ -77,6 +92,8 @@ def retrain(
         promote=promote,
         method=method,
         image_size=image_size,
+        auto=auto,
+        budget_min=budget_min,
         requested_at=datetime.now(UTC).replace(microsecond=0).isoformat(),
     )
     book = RetrainBook(product, request_id)

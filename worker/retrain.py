@@ -6,7 +6,9 @@ consume. The task:
 
 1. reads every image under ``ok`` (and ``aux``) from storage; with a template, cuts the aligned crops of
    every instance (as inspection will), else trains on whole images;
-2. trains and calibrates (:meth:`pipeline.model.AnomalyModel.fit`), and with ``val`` (an MVTec-layout
+2. trains and calibrates (:meth:`pipeline.model.AnomalyModel.fit`; with ``auto``, on the configuration
+   that best separates defects planted on held-out OK crops: :mod:`pipeline.auto_config`), and with
+   ``val`` (an MVTec-layout
    prefix) evaluates the new model *and* the current ``LATEST`` on the same validation images;
 3. publishes the version with ``metrics.json`` and ``MODEL_CARD.md`` (:mod:`worker.registry`);
 4. promotes it by the rule of ``promote``: ``always``; ``never``; ``auto`` (the default) promotes when
@@ -42,6 +44,7 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel
 
+from defectscan.pipeline.auto_config import DEFAULT_BUDGET_MIN
 from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
 from defectscan.pipeline.images import decode_image
 from defectscan.pipeline.saved_model import MODEL_CARD
@@ -87,6 +90,8 @@ class RetrainRequest(BaseModel):
     promote: Literal["auto", "never", "always"] = "auto"
     method: str = "patchcore"
     image_size: int = 256
+    auto: bool = False  # choose method, size and layers on planted defects (pipeline.auto_config)
+    budget_min: float = DEFAULT_BUDGET_MIN
     requested_at: str = ""
 
 
@@ -266,6 +271,7 @@ def _new_condition_check(model: Any, images: list[Any]) -> dict[str, Any] | None
 
 def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
     """Train, evaluate, publish and maybe promote (the steps in the module docstring)."""
+    from defectscan.pipeline.auto_config import fit_auto
     from defectscan.pipeline.model import AnomalyModel, ModelConfig
     from defectscan.pipeline.segment import Segmenter
     from defectscan.worker.evaluation import run_evaluation
@@ -308,16 +314,24 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
     book.update(stage="training")
     start = time.perf_counter()
     config = ModelConfig(method=req.method, image_size=req.image_size)
-    model = AnomalyModel.fit(
-        crops,
-        config,
-        aux=aux,
-        aux_weight=req.aux_weight,
-        aux_sources=made_from,
-        names=names,
-        groups=groups,
-        val_defects=[*feedback_defects, *labelled],
-    )
+
+    def fitted(chosen: ModelConfig) -> AnomalyModel:
+        return AnomalyModel.fit(
+            crops,
+            chosen,
+            aux=aux,
+            aux_weight=req.aux_weight,
+            aux_sources=made_from,
+            names=names,
+            groups=groups,
+            val_defects=[*feedback_defects, *labelled],
+        )
+
+    if req.auto:
+        book.update(stage="choosing a configuration")
+        model = fit_auto(crops, config, fitted, groups or (), req.budget_min, log=log.info)
+    else:
+        model = fitted(config)
     model.record.training["feedback"] = {"ok": len(feedback_ok), "defects": len(feedback_defects)}
     registry = Registry(req.registry)
     latest = registry.latest(req.product)
@@ -334,6 +348,7 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
         "fit_s": round(time.perf_counter() - start, 2),
         "threshold": model.calibration.threshold,
         "threshold_rule": model.calibration.rule,
+        "auto": model.record.training.get("auto"),
         "new_condition_check": _new_condition_check(model, new_condition),
         "trained_at": _now(),
         "validation": None,

@@ -190,7 +190,7 @@ def test_train_and_evaluate_on_a_synthetic_mvtec_set(synth_dir: Path, tmp_path: 
         ["train", "--ok", str(synth_dir / "mvtec/train/good"), "--image-size", "128", "--out", str(model)],
     )
     assert result.exit_code == 0, result.output
-    assert "trained patchcore on" in result.output and (model / "model.safetensors").is_file()
+    assert "trained patchcore at 128 px on" in result.output and (model / "model.safetensors").is_file()
     report = tmp_path / "eval.json"
     result = CliRunner().invoke(
         cli, ["evaluate", "--model", str(model), "--data", str(synth_dir / "mvtec"), "--json", str(report)]
@@ -239,3 +239,42 @@ def test_train_takes_any_timm_backbone_with_local_weights(synth_dir: Path, tmp_p
     config = json.loads((tmp_path / "m" / "model.json").read_text())["config"]
     assert config["backbone"] == "resnet18" and config["layers"] == ["layer1", "layer2"]
     assert config["backbone_weights"] == str(weights)
+
+
+def test_train_auto_chooses_records_and_calibrates(tmp_path: Path) -> None:
+    data = tmp_path / "synth"
+    made = CliRunner().invoke(cli, ["synth", str(data), "--sheets", "3", "--defect-rate", "0", "--seed", "5"])
+    assert made.exit_code == 0, made.output
+    ok, model = data / "mvtec/train/good", tmp_path / "model"
+    refused = CliRunner().invoke(
+        cli, ["train", "--ok", str(ok), "--auto", "--method", "padim", "--out", str(model)]
+    )
+    assert refused.exit_code != 0 and "--auto chooses --method itself" in refused.output
+    args = [
+        "train",
+        "--ok",
+        str(ok),
+        "--auto",
+        "--budget-min",
+        "0.05",
+        "--target-frr",
+        "0.05",
+        "--out",
+        str(model),
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((model / "model.json").read_text())
+    search = doc["training"]["auto"]
+    measured = [c for c in search["candidates"] if c["skipped"] is None]
+    assert measured[0]["name"] == "patchcore-256" and len(search["candidates"]) >= 5
+    assert search["candidates"][-1]["skipped"], "a three-second budget skips the 512 px candidate"
+    best = max(measured, key=lambda c: c["criterion"])
+    chosen = next(c for c in measured if c["name"] == search["chosen"])
+    assert chosen["criterion"] >= best["criterion"] - 0.005
+    assert doc["config"]["method"] == chosen["method"] and doc["config"]["image_size"] == chosen["image_size"]
+    assert f"chosen: {search['chosen']}" in result.output
+    card = (model / "MODEL_CARD.md").read_text()
+    assert "(--auto)" in card and f"{search['chosen']} (chosen)" in card
+    cal = doc["calibration"]
+    assert cal["threshold"] > 0 and cal["target_frr"] == 0.05 and cal["expected_frr"] is not None

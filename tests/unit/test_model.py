@@ -257,6 +257,14 @@ def test_other_folds_settings_keep_the_holdout_rule(good: list[np.ndarray]) -> N
     assert model.calibration.rule.startswith("ok-holdout") and model.calibration.target_frr is None
 
 
+def test_holdout_methods_set_the_operating_point_too(good: list[np.ndarray]) -> None:
+    """Whatever ``train --auto`` chooses, the threshold is set for the target false-reject rate."""
+    model = AnomalyModel.fit(good, SMALL.changed(method="padim", target_frr=0.05))
+    cal = model.calibration
+    assert cal.target_frr == 0.05 and cal.expected_frr == pytest.approx(0.05, rel=1e-6)
+    assert "holdout" in cal.rule and cal.ok_count == model.record.training["held_out"] >= 2
+
+
 def test_lite2_weights_map_onto_timm_offline() -> None:
     state = timm_state_dict()
     reference = timm.create_model(LITE2, pretrained=False).state_dict()

@@ -239,15 +239,19 @@ def search(
     return chosen, record
 
 
+def trained_for_search(config: ModelConfig, train: Sequence[NDArray[np.uint8]]) -> AnomalyModel:
+    """``config`` trained on ``train`` as the search trains its candidates: a small holdout calibrates
+    it, no folds (they only set the threshold, which the search does not use)."""
+    from defectscan.pipeline.model import AnomalyModel  # torch: only when a search runs
+
+    return AnomalyModel.fit(train, config.changed(folds=0, holdout=0.1))
+
+
 def measured_by_training(
     config: ModelConfig, train: list[NDArray[np.uint8]], crops: list[NDArray[np.uint8]]
 ) -> tuple[list[float], list[NDArray[np.float32]]]:
-    """The search's :data:`Measure`: ``config`` trained on ``train`` (a small holdout calibrates it; no
-    folds, which only set the threshold) scores ``crops``."""
-    from defectscan.pipeline.model import AnomalyModel  # torch: only when a search runs
-
-    model = AnomalyModel.fit(train, config.changed(folds=0, holdout=0.1))
-    results = model.score(crops)
+    """The search's :data:`Measure`: ``config`` trained on ``train`` scores ``crops``."""
+    results = trained_for_search(config, train).score(crops)
     return [r.score for r in results], [r.anomaly_map for r in results]
 
 

@@ -250,6 +250,24 @@ def test_retrain_style_from_calibrates_on_the_restyled_crops(
 
 
 @pytest.mark.slow
+def test_retrain_auto_chooses_on_planted_defects_within_its_budget(
+    data: dict[str, str], workers: dict[str, Path]
+) -> None:
+    registry = Registry(data["registry"])
+    state = _finished(_retrain(data, "--promote", "never", "--auto", "--budget-min", "0.05"))
+    assert state["state"] == "done", state
+    version = state["version"]
+    search = json.loads(registry.store.get(f"foil/{version}/metrics.json"))["auto"]
+    measured = [c for c in search["candidates"] if c["skipped"] is None]
+    assert measured[0]["name"] == "patchcore-256" and search["chosen"] == measured[0]["name"]
+    assert search["held_out"] >= 8 and sum(search["planted"].values()) == search["held_out"]
+    doc = json.loads(registry.store.get(f"foil/{version}/model.json"))
+    assert doc["training"]["auto"] == search and doc["config"]["image_size"] == 256  # not --image-size 128
+    assert doc["calibration"]["target_frr"] == 0.01
+    assert "(--auto)" in registry.store.get(f"foil/{version}/MODEL_CARD.md").decode()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("ok", "reason"), [("nothing-here/", "no images under it"), ("bad/", "broken.png")])
 def test_a_failed_retrain_leaves_latest_alone_and_says_why(
     data: dict[str, str], workers: dict[str, Path], ok: str, reason: str

@@ -67,6 +67,19 @@ class Placement:
     structure: NDArray[np.bool_] = field(repr=False)
     text: NDArray[np.bool_] = field(repr=False)
 
+    def fitted(self, shape: tuple[int, int]) -> Placement:
+        """The placement for a crop of ``shape`` (height, width): itself, or its masks resized (OK crops of
+        a product vary a little in size; the model resizes them all)."""
+        if self.area.shape == shape:
+            return self
+
+        def sized(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+            return np.asarray(
+                cv2.resize(mask.astype(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+            )
+
+        return Placement(sized(self.area), self.printed, sized(self.structure), sized(self.text))
+
     @property
     def substrate(self) -> NDArray[np.bool_]:
         """The footprint's substrate: where extra print can land."""
@@ -350,14 +363,15 @@ def check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
 def plant(
     crop: NDArray[np.uint8], kind: str, at: Placement, rng: np.random.Generator, strength: float | None = None
 ) -> Planted:
-    """One ``kind`` of defect on ``crop`` (RGB, the placement's size); ``strength`` drawn in [0.3, 1]
-    where not given. Draws again, a little stronger each time (up to a dozen times), where a draw
+    """One ``kind`` of defect on ``crop`` (RGB; the placement is resized to it); ``strength`` drawn in
+    [0.3, 1] where not given. Draws again, a little stronger each time (up to a dozen times), where a draw
     changes too few pixels (fewer than 6, or under a quarter of those it covers: a cut-paste of one
     piece of a plain surface onto another changes little);
     an :class:`InvalidArgumentError` when none does (a crop without the contrast to carry it)."""
     check_kinds([kind])
-    if crop.ndim != 3 or crop.shape[:2] != at.area.shape:
-        raise InvalidArgumentError("crop", f"shape {crop.shape} does not fit the placement's {at.area.shape}")
+    if crop.ndim != 3 or crop.shape[2] != 3 or min(crop.shape[:2]) < 16:
+        raise InvalidArgumentError("crop", f"an RGB image of at least 16 x 16 px is needed, got {crop.shape}")
+    at = at.fitted((crop.shape[0], crop.shape[1]))
     grey = is_gray(crop)
     level = float(rng.uniform(0.3, 1.0)) if strength is None else float(np.clip(strength, 0.0, 1.0))
     for _ in range(_TRIES):

@@ -130,8 +130,13 @@ def test_bad_inputs_are_clear_errors(prints):
         plant(crops[0], "smudge", at, rng)
     with pytest.raises(InvalidArgumentError, match="unknown"):
         list(planted_set(crops, at, seed=0, kinds=()))
-    with pytest.raises(InvalidArgumentError, match="does not fit"):
-        plant(crops[0][:100], "crack", at, rng)
+    with pytest.raises(InvalidArgumentError, match="RGB image"):
+        plant(crops[0][..., 0], "crack", at, rng)
+    with pytest.raises(InvalidArgumentError, match="RGB image"):
+        plant(crops[0][:10], "crack", at, rng)
+    smaller = cv2.resize(crops[0], (crops[0].shape[1] * 3 // 4, crops[0].shape[0] * 3 // 4))
+    made = plant(smaller, "extra_print", at, rng)  # crops of a product vary in size: the placement follows
+    assert made.image.shape == smaller.shape and not (made.mask & ~at.fitted(smaller.shape[:2]).area).any()
     flat = np.full((120, 120, 3), 128, np.uint8)
     flat_at = placement(flat)
     with pytest.raises(InvalidArgumentError, match="text_blur"):

@@ -32,30 +32,12 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
-from augment import A_SPEC, Item, real  # noqa: E402
+from augment import Item, real, synthetic  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from defectscan.pipeline.auto_config import choose, search, trained_for_search  # noqa: E402
 from defectscan.pipeline.evaluate import GOOD, Sample, aupro, auroc, on_grid, pixel_auroc  # noqa: E402
-from defectscan.pipeline.geometry import crop_at_pose  # noqa: E402
 from defectscan.pipeline.model_config import ModelConfig  # noqa: E402
-from defectscan.pipeline.synth import TEMPLATE_HEIGHT, TEMPLATE_WIDTH, generate_sheet  # noqa: E402
-
-
-def synthetic(train: int, test_sheets: int) -> tuple[list[np.ndarray], list[Item]]:
-    crops: list[np.ndarray] = []
-    sheet = 0
-    while len(crops) < train:
-        done = generate_sheet(3, sheet, 0.0, A_SPEC)
-        crops += [done.crop(i) for i in done.instances]
-        sheet += 1
-    items: list[Item] = []
-    for k in range(test_sheets):
-        done = generate_sheet(23, k, 0.3, A_SPEC)
-        for inst in done.instances:
-            mask = crop_at_pose(done.mask, inst.pose, TEMPLATE_WIDTH, TEMPLATE_HEIGHT) > 127
-            items.append((done.crop(inst), inst.defect.type if inst.defect else GOOD, mask))
-    return crops[:train], items
 
 
 def on_real(model: Any, items: list[Item]) -> dict[str, float | None]:
@@ -78,11 +60,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if args.data:
-        data = real(args.data, args.train)
-        ok, tests = data["train"], data["test_a"][:: args.test_every]
-    else:
-        ok, tests = synthetic(args.train, args.test_sheets)
+    data = real(args.data, args.train) if args.data else synthetic(args.train, args.test_sheets)
+    ok, tests = data["train"], data["test_a"][:: args.test_every]  # condition A: the data set as it is
     good = sum(kind == GOOD for _, kind, _ in tests)
     print(f"{len(ok)} OK images to the search; {len(tests)} test images ({good} good)", flush=True)
     real_figures: dict[str, dict[str, float | None]] = {}

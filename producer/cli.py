@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
-from defectscan.pipeline.auto_config import DEFAULT_BUDGET_MIN, fit_auto
+from defectscan.pipeline.auto_config import fit_auto
 from defectscan.pipeline.calibration import Calibration
 from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
 from defectscan.pipeline.images import decode_image, encode_png
@@ -32,7 +32,7 @@ from defectscan.producer.local_segment import SegmentationRecord, crop_sources, 
 from defectscan.producer.lookout_cli import lookout, staged_manifest
 from defectscan.producer.models_cli import MODEL_COMMANDS
 from defectscan.producer.ops_cli import OPS_COMMANDS
-from defectscan.producer.options import pictures_option, search_options, segment_options
+from defectscan.producer.options import auto_options, pictures_option, search_options, segment_options
 from defectscan.producer.report_cli import report
 from defectscan.producer.review_cli import review
 from defectscan.producer.synth_files import write_synthetic_set
@@ -197,19 +197,7 @@ def _read_set(folder: Path, label: str) -> ImageSet:
 @click.option(
     "--folds", default=5, show_default=True, type=click.IntRange(0), help="Out-of-fold folds (0: a holdout)."
 )
-@click.option(
-    "--auto",
-    is_flag=True,
-    help="Choose the method, image size and layers by measuring candidates on defects planted on "
-    "held-out OK images.",
-)
-@click.option(
-    "--budget-min",
-    default=DEFAULT_BUDGET_MIN,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="With --auto: the search's time budget in minutes (costlier candidates past it are skipped).",
-)
+@auto_options
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 def train(
     ok_dir: Path | None,

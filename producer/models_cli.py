@@ -10,8 +10,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from defectscan.pipeline.auto_config import DEFAULT_BUDGET_MIN
 from defectscan.producer.console import err
+from defectscan.producer.options import auto_options
 from defectscan.worker.app import app
 from defectscan.worker.registry import Registry, registry_location
 from defectscan.worker.retrain import RetrainBook, RetrainRequest
@@ -42,18 +42,7 @@ def registry_option(fn):  # type: ignore[no-untyped-def]
 @click.option("--promote", type=click.Choice(["auto", "never", "always"]), default="auto", show_default=True)
 @click.option("--method", default="patchcore", show_default=True)
 @click.option("--image-size", default=256, show_default=True, type=click.IntRange(32, 1024))
-@click.option(
-    "--auto",
-    is_flag=True,
-    help="Choose the method, image size and layers on defects planted on held-out OK images.",
-)
-@click.option(
-    "--budget-min",
-    default=DEFAULT_BUDGET_MIN,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="With --auto: the search's time budget in minutes.",
-)
+@auto_options
 @registry_option
 def retrain(
     product: str,

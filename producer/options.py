@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import click
 
+from defectscan.pipeline.auto_config import DEFAULT_BUDGET_MIN
 from defectscan.pipeline.images import DEFAULT_MAX_PIXELS
 from defectscan.pipeline.segment import SegmentOptions, parse_range
 
@@ -37,6 +38,23 @@ def segment_options(fn: Callable[..., None]) -> Callable[..., None]:
     ):
         fn = option(fn)
     return fn
+
+
+def auto_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """``--auto`` and ``--budget-min``, shared by ``train`` and ``retrain``."""
+    fn = click.option(
+        "--budget-min",
+        default=DEFAULT_BUDGET_MIN,
+        show_default=True,
+        type=click.FloatRange(min=0, min_open=True),
+        help="With --auto: the search's time budget in minutes (costlier candidates past it are skipped).",
+    )(fn)
+    return click.option(
+        "--auto",
+        is_flag=True,
+        help="Choose the method, image size and layers by measuring candidates on defects planted on "
+        "held-out OK images.",
+    )(fn)
 
 
 def pictures_option(fn: Callable[..., None]) -> Callable[..., None]:

@@ -6,8 +6,8 @@ budget), and each candidate model it trains (on the search's three quarters of t
 scores the data set's real test images. Printed per candidate: the criterion on planted defects
 (image AUROC, AUPRO) beside the real defects' image AUROC, pixel AUROC and AUPRO; then the chosen
 configuration, today's default (the first candidate), the best candidate on real image AUROC, and
-the Spearman rank correlation between candidates' criterion and their real image AUROC (how far the
-yardstick is to be trusted on this kind of product).
+the Spearman rank correlation between candidates' criterion and their real image AUROC, pixel AUROC
+and AUPRO (how far the yardstick is to be trusted on this kind of product).
 
     .venv/bin/python bench/auto.py                          # synthetic sheets (1 px scratches included)
     .venv/bin/python bench/auto.py --data DATA/magnetic_tile --train 356 --test-every 2
@@ -85,14 +85,18 @@ def main() -> None:
         )
     chosen = next(r for r in rows if r["name"] == choose(record.candidates).name)
     default, best = rows[0], max(rows, key=lambda r: r["real"]["image_auroc"])
-    rho = spearmanr([r["criterion"] for r in rows], [r["real"]["image_auroc"] for r in rows]).statistic
+    rho = {
+        key: float(spearmanr([r["criterion"] for r in rows], [r["real"][key] or 0.0 for r in rows]).statistic)
+        for key in ("image_auroc", "pixel_auroc", "aupro")
+    }
     print(
         f"chosen {chosen['name']} (real image AUROC {chosen['real']['image_auroc']:.4f}); default "
         f"{default['real']['image_auroc']:.4f}; best {best['name']} {best['real']['image_auroc']:.4f}; "
         f"chosen - best {chosen['real']['image_auroc'] - best['real']['image_auroc']:+.4f} (target >= -0.01)"
         "; "
         f"chosen - default {chosen['real']['image_auroc'] - default['real']['image_auroc']:+.4f}; "
-        f"Spearman (criterion, real image AUROC) {rho:.2f}; {time.perf_counter() - start:.0f} s"
+        f"Spearman of the criterion with the real image AUROC {rho['image_auroc']:.2f}, pixel AUROC "
+        f"{rho['pixel_auroc']:.2f}, AUPRO {rho['aupro']:.2f}; {time.perf_counter() - start:.0f} s"
     )
     if args.json:
         summary = {"chosen": chosen["name"], "spearman": rho, "held_out": record.held_out}

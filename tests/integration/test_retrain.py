@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from defectscan.pipeline.errors import InvalidArgumentError
 from defectscan.pipeline.images import decode_image, encode_png
-from defectscan.pipeline.synth import SheetSpec, reference_template
+from defectscan.pipeline.synth import SheetSpec, generate_sheet, reference_template
 from defectscan.producer.cli import cli
 from defectscan.producer.synth_files import write_sheet_images, write_synthetic_set
 from defectscan.worker.batches import PREFIX
@@ -45,6 +45,13 @@ def data(env: dict[str, str], dev_s3: DevS3, tmp_path_factory: pytest.TempPathFa
     ):
         for key in write_sheet_images(LocalStorage(local / folder), count, seed, rate, spec):
             store.put(f"{folder}/{key}", (local / folder / key).read_bytes())
+    # one blatant defect (a red square on a good instance), so that the batch has a rejected instance
+    # whatever the small model's margins on the sheets' own defects
+    sheet = generate_sheet(5, 0, 0.3, SPEC)
+    marked = sheet.image.copy()
+    cx, cy = round(sheet.instances[1].pose.cx), round(sheet.instances[1].pose.cy)
+    marked[cy - 35 : cy + 35, cx - 35 : cx + 35] = (230, 60, 60)
+    store.put("inspect/line0/sheet_000.png", encode_png(marked))
     write_synthetic_set(LocalStorage(local / "synth"), sheets=4, defect_rate=0.4, seed=12, spec=SPEC)
     for path in sorted((local / "synth" / "mvtec").rglob("*.png")):
         if "/train/" not in path.as_posix():

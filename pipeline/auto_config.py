@@ -26,6 +26,7 @@ into ``model.json`` (``training.auto``) and the model card.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -143,7 +144,7 @@ def choose(measured: Sequence[Candidate]) -> Candidate:
     for cand in measured:
         if cand.criterion is None:
             continue
-        if best is None or best.criterion is None or cand.criterion > best.criterion + MARGIN:
+        if best is None or cand.criterion > (best.criterion or 0.0) + MARGIN:
             best = cand
     if best is None:
         raise InvalidArgumentError("--auto", "no candidate configuration could be measured")
@@ -182,15 +183,12 @@ def search(
     """The configuration ``--auto`` chooses for ``ok`` and the record of the search (module docstring).
 
     ``measure(config, train, crops)`` trains ``config`` on ``train`` and returns the scores and anomaly
-    maps of ``crops`` (:func:`pipeline.model.measure_config`); ``tried`` replaces :func:`candidates`."""
+    maps of ``crops`` (:func:`measured_by_training`); ``tried`` replaces :func:`candidates`."""
     train_idx, held_idx = split(len(ok), groups)
     train = [ok[i] for i in train_idx]
     held = [ok[i] for i in held_idx]
     at = placement(reference_image(train))
     planted = list(planted_set(held, at, seed, KINDS))
-    kinds: dict[str, int] = {}
-    for p in planted:
-        kinds[p.kind] = kinds.get(p.kind, 0) + 1
     configs = list(tried) if tried is not None else candidates(base, aligned=at.printed)
     start = clock()
     unit: float | None = None  # seconds per unit of cost, from the first candidate measured
@@ -233,7 +231,7 @@ def search(
         chosen=best.name,
         trained_on=len(train),
         held_out=len(held),
-        planted=kinds,
+        planted=dict(Counter(p.kind for p in planted)),
         budget_min=budget_min,
         seconds=round(clock() - start, 1),
         candidates=results,

@@ -41,7 +41,13 @@ class Calibration(BaseModel):
     generated_count: int = 0  # generated images (a new condition's look) scored out of fold
     generated_expected_frr: float | None = None  # their share above the threshold, under their own fit
     generated_rejected: int | None = None
+    new_condition_count: int = 0  # the new condition's own OK images (--style-from), never trained on
+    new_condition_expected_frr: float | None = None
+    new_condition_rejected: int | None = None
 
+
+MIN_NEW_CONDITION = 5  # a new condition's own OK images a tail is fitted from
+_HOLDS_FOR = {"generated": "generated images", "new_condition": "the new condition's own OK images"}
 
 UNCALIBRATED = Calibration(threshold=float("inf"), rule="uncalibrated", ok_mean=0.0, ok_std=1.0, ok_count=0)
 
@@ -53,34 +59,50 @@ def calibrate(
     folds: int = 0,
     value: float | None = None,
     generated: Sequence[float] = (),
+    new_condition: Sequence[float] = (),
 ) -> Calibration:
     """The rules from the module docstring: the operating point for ``target_frr`` from out-of-sample
     OK scores, a threshold ``value`` given by hand (with what it costs on those scores), or (both None)
     the holdout rules.
 
     ``generated``: out-of-fold scores of images generated from the OK images in a new condition's look
-    (``defectscan augment``, ``retrain --style-from``). They stand for the parts the line will make
-    from now on, so the operating point must hold for them too: the threshold is the higher of the two
-    sets' (each with its own tail fit), and the figures of both are kept. How much generated images
-    shape the model is their training weight; whether their false rejects count is not a weight."""
-    if len(generated) >= 2 and (target_frr is not None or value is not None):
+    (``defectscan augment``, ``retrain --style-from``); ``new_condition``: scores of that condition's own
+    OK images (the ``--style-from`` images), which the model never trained on. Both stand for the parts
+    the line will make from now on, so the operating point must hold for them too: the threshold is the
+    highest of the sets' (each with its own tail fit; the new condition's own images from
+    :data:`MIN_NEW_CONDITION` on), and the figures of each are kept. The generated images teach the model
+    the new look; the few real ones say how far it learned it (on magnetic_tile under a light and camera
+    change, the new condition's OK scores spread a third wider than the generated images',
+    docs/benchmarks.md).
+    How much generated images shape the model is their training weight; whether their false rejects
+    count is not a weight."""
+    enough = {"generated": 2, "new_condition": MIN_NEW_CONDITION}
+    sets = {
+        k: v
+        for k, v in {"generated": generated, "new_condition": new_condition}.items()
+        if len(v) >= enough[k]
+    }
+    if sets and (target_frr is not None or value is not None):
         own = calibrate(ok_scores, defect_scores, target_frr, folds, value)
-        new = operating_point(generated, target_frr) if value is None and target_frr else None
-        threshold = own.threshold if new is None else max(own.threshold, new.threshold)
-        cal = (
-            own if threshold == own.threshold else calibrate(ok_scores, defect_scores, None, folds, threshold)
-        )
-        at = point_at(generated, threshold)
-        rule = own.rule if threshold == own.threshold else f"{own.rule}; raised to hold for generated images"
-        return cal.model_copy(
-            update={
-                "rule": rule,
-                "target_frr": own.target_frr,
-                "generated_count": at.ok_count,
-                "generated_expected_frr": at.expected_frr,
-                "generated_rejected": at.ok_rejected,
+        threshold, raised = own.threshold, None
+        for name, scores in sets.items():
+            if value is None and target_frr:
+                point = operating_point(scores, target_frr)
+                if point.threshold > threshold:
+                    threshold, raised = point.threshold, name
+        cal = own if raised is None else calibrate(ok_scores, defect_scores, None, folds, threshold)
+        update: dict[str, object] = {
+            "rule": own.rule if raised is None else f"{own.rule}; raised to hold for {_HOLDS_FOR[raised]}",
+            "target_frr": own.target_frr,
+        }
+        for name, scores in sets.items():
+            at = point_at(scores, threshold)
+            update |= {
+                f"{name}_count": at.ok_count,
+                f"{name}_expected_frr": at.expected_frr,
+                f"{name}_rejected": at.ok_rejected,
             }
-        )
+        return cal.model_copy(update=update)
     ok = np.asarray(ok_scores, dtype=np.float64)
     if ok.size == 0:
         raise InvalidArgumentError("holdout", "calibration needs held-out OK images (holdout > 0)")

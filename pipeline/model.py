@@ -102,6 +102,7 @@ class AnomalyModel:
         val_defects: Sequence[NDArray[np.uint8]] = (),
         names: Sequence[str] = (),
         groups: Sequence[str] = (),
+        new_condition: Sequence[NDArray[np.uint8]] = (),
     ) -> AnomalyModel:
         """Train on OK crops (RGB uint8, any sizes), calibrate, and return the model.
 
@@ -113,6 +114,8 @@ class AnomalyModel:
         ``aux_sources``: for each auxiliary image generated from an OK image, that image's index (-1:
         none). Such an image is held out with its source and scored out of fold, and the threshold holds
         for those scores too (:func:`pipeline.calibration.calibrate`; PatchCore's folds).
+        ``new_condition``: OK images of a new condition (``--style-from``), never trained on: scored by
+        the trained model, and the threshold holds for them too.
         ``groups`` names each OK image's source photograph (crops of one photograph then share a fold:
         :func:`pipeline.training_set.fold_sets`); ``names`` are recorded in ``model.json``."""
         config = config or ModelConfig()
@@ -173,10 +176,16 @@ class AnomalyModel:
         model.net.eval()
         defect_scores = [r.score for r in model.score(val_defects)] if val_defects else []
         target = config.target_frr if config.folds >= 2 else None  # holdout methods too: one operating point
-        model.calibration = calibrate(ok_scores, defect_scores, target, len(folds), generated=generated)
+        new = [r.score for r in model.score(new_condition)] if new_condition else []
+        model.calibration = calibrate(
+            ok_scores, defect_scores, target, len(folds), generated=generated, new_condition=new
+        )
         model.record = ModelRecord(
             calibration_scores=CalibrationScores(
-                ok=rounded(ok_scores), defects=rounded(defect_scores), generated=rounded(generated)
+                ok=rounded(ok_scores),
+                defects=rounded(defect_scores),
+                generated=rounded(generated),
+                new_condition=rounded(new),
             ),
             training={
                 "ok_count": len(ok),

@@ -52,6 +52,12 @@ def model_card(doc: ModelDoc) -> str:
                 f"* Generated images (a new condition's look), out of fold: {cal.generated_rejected} of "
                 f"{cal.generated_count} above the threshold, expected {_pct(cal.generated_expected_frr)}"
             )
+        if cal.new_condition_count and cal.new_condition_expected_frr is not None:
+            lines.append(
+                f"* The new condition's own OK images (--style-from), never trained on: "
+                f"{cal.new_condition_rejected} of {cal.new_condition_count} above the threshold, expected "
+                f"{_pct(cal.new_condition_expected_frr)}"
+            )
     else:
         lines.append(f"* Held-out OK images: {cal.ok_count} (mean {_num(cal.ok_mean)})")
     summary = training.get("ok_scores")

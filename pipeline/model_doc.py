@@ -35,6 +35,7 @@ class CalibrationScores(BaseModel):
     reviewed_ok: list[float] = []
     reviewed_defects: list[float] = []
     generated: list[float] = []  # images generated from OK images in a new condition's look, out of fold
+    new_condition: list[float] = []  # the new condition's own OK images (--style-from), never trained on
 
 
 class Preprocessing(BaseModel):
@@ -136,7 +137,9 @@ def recalibrated(
             doc.version, "keeps no out-of-sample OK scores (trained by an older release): retrain it"
         )
     ok, defects = [*stored.ok, *stored.reviewed_ok], [*stored.defects, *stored.reviewed_defects]
-    cal = calibrate(ok, defects, target_frr, doc.calibration.folds, value, stored.generated)
+    cal = calibrate(
+        ok, defects, target_frr, doc.calibration.folds, value, stored.generated, stored.new_condition
+    )
     created = datetime.now(UTC).replace(microsecond=0)
     return doc.model_copy(
         update={

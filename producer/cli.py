@@ -299,6 +299,9 @@ def _operating_point(cal: Calibration) -> str:
         text += f", escapes {cal.escapes} of {cal.defect_count} labelled defects"
     if cal.generated_count and cal.generated_expected_frr is not None:
         text += f"; on {cal.generated_count} generated images {cal.generated_expected_frr:.2%}"
+    if cal.new_condition_count and cal.new_condition_expected_frr is not None:
+        rate = cal.new_condition_expected_frr
+        text += f"; on the new condition's {cal.new_condition_count} OK images {rate:.2%}"
     return text + "; "
 
 

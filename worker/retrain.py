@@ -325,6 +325,7 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
             names=names,
             groups=groups,
             val_defects=[*feedback_defects, *labelled],
+            new_condition=new_condition,
         )
 
     if req.auto:

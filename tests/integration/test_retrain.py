@@ -253,7 +253,12 @@ def test_retrain_style_from_calibrates_on_the_restyled_crops(
     assert metrics["training"]["restyled_aux"] == 16 and metrics["new_condition_check"]["images"] == 10
     doc = json.loads(registry.store.get(f"foil/{version}/model.json"))
     assert doc["calibration"]["generated_count"] == 16 and len(doc["calibration_scores"]["generated"]) == 16
-    assert "Generated images" in registry.store.get(f"foil/{version}/MODEL_CARD.md").decode()
+    cal, kept = doc["calibration"], doc["calibration_scores"]["new_condition"]
+    assert cal["new_condition_count"] == 10 and len(kept) == 10  # their own tail: it holds for them
+    assert cal["new_condition_rejected"] == sum(s > cal["threshold"] for s in kept)
+    assert metrics["new_condition_check"]["above_threshold"] == cal["new_condition_rejected"]
+    card = registry.store.get(f"foil/{version}/MODEL_CARD.md").decode()
+    assert "Generated images" in card and "The new condition's own OK images" in card
 
 
 @pytest.mark.slow

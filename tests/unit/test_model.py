@@ -234,6 +234,30 @@ def test_the_threshold_holds_for_generated_images_too() -> None:
     assert easy.generated_expected_frr < 0.01
 
 
+def test_the_threshold_holds_for_the_new_conditions_own_images_from_five_on() -> None:
+    """A new condition's own OK images (never trained on) whose scores spread wider than the generated
+    images' raise the threshold to their own tail's point; fewer than five are too few to fit."""
+    rng = np.random.default_rng(1)
+    ok = list(10 + rng.gumbel(0, 0.3, 200))
+    generated = list(10.2 + rng.gumbel(0, 0.3, 200))
+    real = list(10.2 + rng.gumbel(0, 0.9, 10))  # the same median, three times the spread
+    with_generated = calibrate(ok, [], 0.01, 5, generated=generated)
+    cal = calibrate(ok, [], 0.01, 5, generated=generated, new_condition=real)
+    assert cal.threshold == pytest.approx(calibrate(real, [], 0.01, 5).threshold)
+    assert cal.threshold > with_generated.threshold
+    assert "new condition's own OK images" in cal.rule and cal.target_frr == 0.01
+    assert cal.new_condition_count == 10 and cal.new_condition_expected_frr == pytest.approx(0.01, rel=1e-6)
+    assert cal.new_condition_rejected == sum(s > cal.threshold for s in real)
+    assert cal.generated_count == 200 and cal.generated_expected_frr is not None
+    assert cal.generated_expected_frr < 0.01  # the generated images now sit further below it
+    few = calibrate(ok, [], 0.01, 5, generated=generated, new_condition=real[:4])
+    assert few == with_generated and few.new_condition_count == 0
+    alone = calibrate(ok, [], 0.01, 5, new_condition=real)  # without generated images too
+    assert alone.threshold == cal.threshold and alone.generated_count == 0
+    by_hand = calibrate(ok, [], 0.01, 5, value=11.0, new_condition=real)  # a threshold set by hand stays
+    assert by_hand.threshold == 11.0 and by_hand.new_condition_rejected == sum(s > 11.0 for s in real)
+
+
 def test_generated_aux_images_are_held_out_with_their_source_and_calibrate(good: list[np.ndarray]) -> None:
     """Aux images made from OK images (here: brighter copies) are scored against banks without their
     source; those scores are kept and the threshold holds for them."""

@@ -11,7 +11,7 @@ and AUPRO (how far the yardstick is to be trusted on this kind of product).
 
     .venv/bin/python bench/auto.py                          # synthetic sheets (1 px scratches included)
     .venv/bin/python bench/auto.py --data DATA/magnetic_tile --train 356 --test-every 2
-    .venv/bin/python bench/auto.py --data DATA/deeppcb --train 200 --test-every 2
+    .venv/bin/python bench/auto.py --data DATA/deeppcb --train 160 --test-every 4
 
 ``--train N`` OK images are given to the search, which trains on about three quarters of them
 (356 gives the 267 of the magnetic_tile target).

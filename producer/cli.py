@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 
 from defectscan.pipeline.auto_config import fit_auto
-from defectscan.pipeline.calibration import Calibration
+from defectscan.pipeline.calibration import MIN_NEW_CONDITION, Calibration
 from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
 from defectscan.pipeline.images import decode_image, encode_png
 from defectscan.pipeline.model_config import LITE2, METHODS, ModelConfig
@@ -167,6 +167,13 @@ def _read_set(folder: Path, label: str) -> ImageSet:
     "--aux", "aux_dir", type=click.Path(file_okay=False, path_type=Path), help="Auxiliary OK-like images."
 )
 @click.option("--aux-weight", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option(
+    "--new-condition",
+    "new_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="OK images of a new condition (the images --aux was restyled from), never trained on: from five "
+    "on, the threshold holds for them too.",
+)
 @click.option("--method", default="patchcore", show_default=True, type=click.Choice(METHODS))
 @click.option("--image-size", default=256, show_default=True, type=int)
 @click.option("--augment", default="", help="Comma list of hflip, vflip, rot180, colorjitter.")
@@ -204,6 +211,7 @@ def train(
     manifest: str | None,
     aux_dir: Path | None,
     aux_weight: float,
+    new_dir: Path | None,
     method: str,
     image_size: int,
     augment: str,
@@ -253,6 +261,11 @@ def train(
         sources = crop_sources(ok_dir)  # crops `segment` cut: one fold per photograph
         aux = _read_set(aux_dir, "auxiliary") if aux_dir else ImageSet()
         made_from = aux_sources(str(aux_dir), aux.names, ok.names) if aux_dir else []
+        new = _read_set(new_dir, "new condition") if new_dir else ImageSet()
+        if new_dir and len(new.images) < MIN_NEW_CONDITION:
+            raise InvalidArgumentError(
+                "--new-condition", f"needs at least {MIN_NEW_CONDITION} images, got {len(new.images)}"
+            )
         defects = _read_set(val_defects, "defect") if val_defects else ImageSet()
         start = time.perf_counter()
         groups = [sources.get(name, name) for name in ok.names] if sources else []
@@ -268,6 +281,7 @@ def train(
                 val_defects=defects.images,
                 names=ok.names,
                 groups=groups,
+                new_condition=new.images,
             )
 
         model = (

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from defectscan.pipeline.calibration import calibrate
 from defectscan.pipeline.images import decode_image, encode_png
 from defectscan.producer.cli import cli
 
@@ -205,6 +206,34 @@ def test_train_and_evaluate_on_a_synthetic_mvtec_set(synth_dir: Path, tmp_path: 
     assert set(metrics["per_type"]) <= {"blurry_text", "structural", "color", "scratch"}
     assert metrics["tta"] == ["identity", "hflip", "vflip"] and metrics["timings"]["ms_per_image"] > 0
     assert metrics["model"]["version"] == json.loads((model / "model.json").read_text())["version"]
+
+
+def test_train_holds_the_threshold_for_a_new_conditions_own_images(synth_dir: Path, tmp_path: Path) -> None:
+    """``--new-condition``: images of a new look (here: grainy copies of OK crops), never trained on,
+    raise the threshold to their own tail's operating point; fewer than five are refused."""
+    ok = synth_dir / "mvtec/train/good"
+    rng = np.random.default_rng(3)
+    new = tmp_path / "new"
+    new.mkdir()
+    for path in sorted(ok.glob("*.png"))[:8]:
+        img = decode_image(path.read_bytes(), path.name)
+        (new / path.name).write_bytes(
+            encode_png(np.clip(img + rng.normal(0, 25, img.shape), 0, 255).astype(np.uint8))
+        )
+    args = ["train", "--ok", str(ok), "--image-size", "64", "--new-condition", str(new)]
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "m" / "model.json").read_text())
+    cal, kept = doc["calibration"], doc["calibration_scores"]["new_condition"]
+    assert cal["new_condition_count"] == 8 and len(kept) == 8
+    assert cal["threshold"] == pytest.approx(calibrate(kept, [], 0.01, 5).threshold, rel=1e-5)
+    assert "raised to hold for the new condition's own OK images" in cal["rule"]
+    assert cal["threshold"] > max(doc["calibration_scores"]["ok"])  # the old look alone sits lower
+    assert "on the new condition's 8 OK images" in result.output
+    for path in sorted(new.glob("*.png"))[4:]:
+        path.unlink()
+    few = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "few")])
+    assert few.exit_code != 0 and "needs at least 5 images, got 4" in str(few.exception)
 
 
 def test_train_names_an_empty_ok_folder(tmp_path: Path) -> None:

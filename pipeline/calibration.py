@@ -85,8 +85,8 @@ def calibrate(
     if sets and (target_frr is not None or value is not None):
         own = calibrate(ok_scores, defect_scores, target_frr, folds, value)
         threshold, raised = own.threshold, None
-        for name, scores in sets.items():
-            if value is None and target_frr:
+        if value is None and target_frr:  # a threshold set by hand stays where it was set
+            for name, scores in sets.items():
                 point = operating_point(scores, target_frr)
                 if point.threshold > threshold:
                     threshold, raised = point.threshold, name

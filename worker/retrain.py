@@ -259,12 +259,12 @@ def restyled(req: RetrainRequest, crops: list[Any], segmenter: Any) -> tuple[lis
     return [made.image for made in generate(sources, len(crops), 0, style)], targets
 
 
-def _new_condition_check(model: Any, images: list[Any]) -> dict[str, Any] | None:
-    """The ``--style-from`` images (never trained on) scored by the new model: how many it would reject.
-    Too few to set a rate, enough to show a threshold that is far off."""
-    if not images:
+def _new_condition_check(model: Any) -> dict[str, Any] | None:
+    """The ``--style-from`` images (never trained on), as training scored them for the threshold: how
+    many the new model would reject."""
+    scores = model.record.calibration_scores.new_condition
+    if not scores:
         return None
-    scores = [r.score for r in model.score(images)]
     above = sum(s > model.calibration.threshold for s in scores)
     return {"images": len(scores), "above_threshold": above, "max_score": round(max(scores), 4)}
 
@@ -350,7 +350,7 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
         "threshold": model.calibration.threshold,
         "threshold_rule": model.calibration.rule,
         "auto": model.record.training.get("auto"),
-        "new_condition_check": _new_condition_check(model, new_condition),
+        "new_condition_check": _new_condition_check(model),
         "trained_at": _now(),
         "validation": None,
     }

@@ -40,6 +40,10 @@ from defectscan.pipeline.evaluate import GOOD, Sample, aupro, auroc, on_grid, pi
 from defectscan.pipeline.model_config import ModelConfig  # noqa: E402
 
 
+def key(method: str, size: int, layers: tuple[str, ...], intensity: str) -> str:
+    return f"{method}/{size}/{','.join(layers)}/{intensity}"
+
+
 def on_real(model: Any, items: list[Item]) -> dict[str, float | None]:
     results = model.score([img for img, _, _ in items])
     samples = [
@@ -69,14 +73,16 @@ def main() -> None:
     def measure(config: ModelConfig, train: list[np.ndarray], crops: list[np.ndarray]) -> Any:
         model = trained_for_search(config, train)
         results = model.score(crops)
-        real_figures[f"{config.method}/{config.image_size}/{','.join(config.layers)}"] = on_real(model, tests)
+        real_figures[key(config.method, config.image_size, config.layers, config.intensity)] = on_real(
+            model, tests
+        )
         return [r.score for r in results], [r.anomaly_map for r in results]
 
     start = time.perf_counter()
     _, record = search(ok, ModelConfig(), measure, budget_min=1e6, seed=args.seed, log=print)
     rows = []
     for cand in record.candidates:
-        figures = real_figures[f"{cand.method}/{cand.image_size}/{','.join(cand.layers)}"]
+        figures = real_figures[key(cand.method, cand.image_size, cand.layers, cand.intensity)]
         rows.append({**cand.model_dump(mode="json"), "real": figures})
         print(
             f"{cand.name:24s} planted: image {cand.image_auroc:.4f} AUPRO {cand.aupro:.4f} criterion "

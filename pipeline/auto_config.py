@@ -7,9 +7,10 @@ one that separates them best is kept.
    are, and again with one planted defect each (kinds in turn, seeded), so the clean and the defective
    sets differ only by the defects.
 2. **Candidates**, cheapest first (:func:`candidates`): today's default (PatchCore, 256 px, Lite2
-   ``blocks.2, blocks.4``) first, then PaDiM, PatchCore fused with the variation model where the crops
-   are aligned prints, PatchCore at 384 px, PatchCore with a finer layer set (``blocks.1`` too: four
-   times the patches), and PatchCore at 512 px.
+   ``blocks.2, blocks.4``) first, then the same on standardised intensities (each crop stretched to one
+   mean and spread: exposure between crops is not seen, faint marks gain contrast), PaDiM, PatchCore
+   fused with the variation model where the crops are aligned prints, PatchCore at 384 px, PatchCore
+   with a finer layer set (``blocks.1`` too: four times the patches), and PatchCore at 512 px.
 3. **Criterion**: the mean of the image AUROC (clean against planted crops' scores) and the AUPRO of
    the planted defects' masks (:func:`pipeline.evaluate.aupro`, maps and masks on a 256 px grid; per
    region, so a 2 px crack counts as much as a large stain). The highest wins; a candidate must beat
@@ -69,6 +70,7 @@ class Candidate(BaseModel):
     method: str
     image_size: int
     layers: tuple[str, ...]
+    intensity: str = "as-is"
     image_auroc: float | None = None
     aupro: float | None = None
     criterion: float | None = None
@@ -95,15 +97,25 @@ def candidates(base: ModelConfig, aligned: bool) -> list[tuple[str, ModelConfig]
     """The configurations ``--auto`` tries, cheapest first (the module docstring); each keeps ``base``'s
     other settings (backbone, operating point, coreset ratio)."""
 
-    def patchcore(size: int, layers: tuple[str, ...] = ()) -> ModelConfig:
-        return base.changed(method="patchcore", image_size=size, layers=layers, tta_views=())
+    def patchcore(size: int, layers: tuple[str, ...] = (), intensity: str = "as-is") -> ModelConfig:
+        return base.changed(
+            method="patchcore", image_size=size, layers=layers, tta_views=(), intensity=intensity
+        )
 
     out = [
         ("patchcore-256", patchcore(256)),
-        ("padim-256", base.changed(method="padim", image_size=256, layers=PADIM_LAYERS, tta_views=())),
+        ("patchcore-256-standardised", patchcore(256, intensity="standardised")),
+        (
+            "padim-256",
+            base.changed(
+                method="padim", image_size=256, layers=PADIM_LAYERS, tta_views=(), intensity="as-is"
+            ),
+        ),
     ]
     if aligned:
-        fused = base.changed(method="patchcore+variation", image_size=256, layers=(), tta_views=())
+        fused = base.changed(
+            method="patchcore+variation", image_size=256, layers=(), tta_views=(), intensity="as-is"
+        )
         out.append(("patchcore+variation-256", fused))
     out += [
         ("patchcore-384", patchcore(384)),
@@ -199,6 +211,7 @@ def search(
             "method": config.method,
             "image_size": config.image_size,
             "layers": config.layers,
+            "intensity": config.intensity,
         }
         spent = clock() - start
         if unit is not None and spent + unit * cost(config) > budget_min * 60:

@@ -19,7 +19,8 @@ def model_card(doc: ModelDoc) -> str:
         f"# Model {doc.version}",
         "",
         f"* Method: {config.method} on {config.backbone} (layers {', '.join(config.layers)}), image size "
-        f"{config.image_size}, TTA {', '.join(config.tta_views)} ({config.tta_reduce})",
+        f"{config.image_size}{_intensity(config.intensity)}, TTA {', '.join(config.tta_views)} "
+        f"({config.tta_reduce})",
         f"* Created: {doc.created_at}; colour mode {doc.colour_mode}",
         f"* Training: {training.get('ok_count', '?')} OK images, {_scored(training)}",
     ]
@@ -74,6 +75,10 @@ def model_card(doc: ModelDoc) -> str:
     else:
         lines.append("* Labelled defects: none given, so the escape rate is not known")
     return "\n".join(lines) + "\n"
+
+
+def _intensity(intensity: str) -> str:
+    return "" if intensity == "as-is" else f", intensities {intensity} (each crop to one mean and spread)"
 
 
 def _auto(search: object) -> list[str]:

@@ -23,6 +23,9 @@ FUSIONS = ("mean", "max", "lead")
 GEOMETRIC = ("identity", "hflip", "vflip", "rot180")
 PHOTOMETRIC = {"bright": 1.1, "dark": 0.9}
 VIEWS = (*GEOMETRIC, *PHOTOMETRIC)
+# what the network sees of a crop's intensities (pipeline.preprocess.standardised): as photographed, or
+# each crop stretched to one mean and spread, so exposure and gain between crops are not seen
+INTENSITIES = ("as-is", "standardised")
 DEFAULT_VIEWS = ("identity", "hflip", "vflip")
 
 
@@ -60,6 +63,7 @@ class ModelConfig(BaseModel):
     backbone_weights: str | None = None
     layers: tuple[str, ...] = ()
     image_size: int = 256
+    intensity: str = "as-is"
     coreset_ratio: float = 0.01
     num_neighbors: int = 9
     tta_views: tuple[str, ...] = ()  # empty: the method's default (see tta_defaults)
@@ -105,6 +109,8 @@ class ModelConfig(BaseModel):
     def _check(self) -> ModelConfig:
         if not 32 <= self.image_size <= 1024 or self.image_size % 32:
             raise InvalidArgumentError("--image-size", "must be a multiple of 32 from 32 to 1024")
+        if self.intensity not in INTENSITIES:
+            raise InvalidArgumentError("--intensity", f"must be one of {', '.join(INTENSITIES)}")
         if not 0 < self.coreset_ratio <= 1:
             raise InvalidArgumentError("coreset_ratio", "must be in (0, 1]")
         if not 0 <= self.holdout < 1:

@@ -36,7 +36,7 @@ from defectscan.pipeline.errors import InvalidArgumentError
 from defectscan.pipeline.folded import folded_copy
 from defectscan.pipeline.fusion import FusedNet
 from defectscan.pipeline.model_config import ModelConfig
-from defectscan.pipeline.preprocess import Normaliser, pixel_batch
+from defectscan.pipeline.preprocess import Normaliser, pixel_batch, standardised
 
 
 @dataclass
@@ -83,8 +83,10 @@ class CropScorer:
         self.net = inference_net(net, config.image_size) if fold else net
 
     def pixels(self, images: Sequence[NDArray[np.uint8]]) -> torch.Tensor:
-        """Crops as a [0, 1] batch at the model's size, on the model's device."""
-        return pixel_batch(images, self.config.image_size, device())
+        """Crops as a [0, 1] batch at the model's size, on the model's device (standardised where the
+        model's ``intensity`` says so)."""
+        batch = pixel_batch(images, self.config.image_size, device())
+        return standardised(batch) if self.config.intensity == "standardised" else batch
 
     @torch.no_grad()
     def crop_maps(

@@ -19,7 +19,7 @@ from defectscan.pipeline.auto_config import fit_auto
 from defectscan.pipeline.calibration import MIN_NEW_CONDITION, Calibration
 from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
 from defectscan.pipeline.images import decode_image, encode_png
-from defectscan.pipeline.model_config import LITE2, METHODS, ModelConfig
+from defectscan.pipeline.model_config import INTENSITIES, LITE2, METHODS, ModelConfig
 from defectscan.pipeline.outputs import OutputOptions
 from defectscan.pipeline.segment import Segmenter
 from defectscan.pipeline.verdict import ModelInfo, Verdict
@@ -176,6 +176,14 @@ def _read_set(folder: Path, label: str) -> ImageSet:
 )
 @click.option("--method", default="patchcore", show_default=True, type=click.Choice(METHODS))
 @click.option("--image-size", default=256, show_default=True, type=int)
+@click.option(
+    "--intensity",
+    default="as-is",
+    show_default=True,
+    type=click.Choice(INTENSITIES),
+    help="standardised: each crop stretched to one mean and spread first (exposure and gain between "
+    "crops are not seen, faint marks gain contrast; a crop too light or dark as a whole is not flagged).",
+)
 @click.option("--augment", default="", help="Comma list of hflip, vflip, rot180, colorjitter.")
 @click.option(
     "--val-defects", type=click.Path(file_okay=False, path_type=Path), help="Defect crops: F1 threshold."
@@ -214,6 +222,7 @@ def train(
     new_dir: Path | None,
     method: str,
     image_size: int,
+    intensity: str,
     augment: str,
     val_defects: Path | None,
     coreset_ratio: float,
@@ -233,7 +242,7 @@ def train(
     context = click.get_current_context()
     chosen_by_hand = [
         f"--{name.replace('_', '-')}"
-        for name in ("method", "image_size", "layers", "tta_views")
+        for name in ("method", "image_size", "intensity", "layers", "tta_views")
         if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
     ]
     if auto and chosen_by_hand:
@@ -252,6 +261,7 @@ def train(
             backbone_weights=str(backbone_weights) if backbone_weights else None,
             layers=tuple(v for v in layers.split(",") if v),
             image_size=image_size,
+            intensity=intensity,
             coreset_ratio=coreset_ratio,
             tta_views=tuple(v for v in tta_views.split(",") if v),
             target_frr=target_frr,

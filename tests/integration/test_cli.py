@@ -302,6 +302,7 @@ def test_train_auto_chooses_records_and_calibrates(tmp_path: Path) -> None:
     chosen = next(c for c in measured if c["name"] == search["chosen"])
     assert chosen["criterion"] >= best["criterion"] - 0.005
     assert doc["config"]["method"] == chosen["method"] and doc["config"]["image_size"] == chosen["image_size"]
+    assert doc["config"]["intensity"] == chosen["intensity"]
     assert f"chosen: {search['chosen']}" in result.output
     card = (model / "MODEL_CARD.md").read_text()
     assert "(--auto)" in card and f"{search['chosen']} (chosen)" in card

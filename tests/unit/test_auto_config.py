@@ -80,7 +80,11 @@ def test_candidates_over_the_budget_are_skipped_and_said(crops):
         now[0] += 30.0 * (config.image_size / 256) ** 2  # the default takes 30 s of the fake clock
         return _difference(config, train, scored)
 
-    tried = [(n, c) for n, c in candidates(base, aligned=True) if c.method == "patchcore"]
+    tried = [
+        (n, c)
+        for n, c in candidates(base, aligned=True)
+        if c.method == "patchcore" and c.intensity == "as-is"
+    ]
     _, record = search(crops, base, measure, tried=tried, budget_min=2.0, clock=lambda: now[0])
     done = [c.name for c in record.candidates if c.skipped is None]
     skipped = [c.name for c in record.candidates if c.skipped]
@@ -94,6 +98,11 @@ def test_the_candidate_list_covers_sizes_layers_and_methods():
     names = [n for n, _ in candidates(ModelConfig(target_frr=0.02), aligned=True)]
     assert names[0] == "patchcore-256" and {"padim-256", "patchcore+variation-256", "patchcore-512"} <= set(
         names
+    )
+    intensities = {n: c.intensity for n, c in candidates(ModelConfig(intensity="standardised"), aligned=True)}
+    assert (
+        intensities["patchcore-256"] == "as-is"
+        and intensities["patchcore-256-standardised"] == "standardised"
     )
     assert all(c.target_frr == 0.02 for _, c in candidates(ModelConfig(target_frr=0.02), aligned=False))
     assert "patchcore+variation-256" not in [n for n, _ in candidates(ModelConfig(), aligned=False)]

@@ -289,6 +289,33 @@ def test_holdout_methods_set_the_operating_point_too(good: list[np.ndarray]) -> 
     assert "holdout" in cal.rule and cal.ok_count == model.record.training["held_out"] >= 2
 
 
+def test_a_standardised_model_flags_defects_but_not_exposure(
+    good: list[np.ndarray],
+    patchcore: AnomalyModel,
+    test_set: tuple[list[np.ndarray], list[int]],
+    tmp_path: Path,
+) -> None:
+    """``intensity="standardised"``: defects still rank above OK crops, OK crops under a darker exposure
+    score as they did (the as-is model scores them far higher), and the setting survives saving."""
+    model = AnomalyModel.fit(good, SMALL.changed(intensity="standardised"))
+    images, labels = test_set
+    assert auroc(labels, [r.score for r in model.score(images)]) >= 0.9
+    ok = [img for img, y in zip(images, labels, strict=True) if y == 0]
+    darker = [np.clip(img.astype(np.float32) * 0.85, 0, 255).astype(np.uint8) for img in ok]
+
+    def rise(scored_by: AnomalyModel) -> float:
+        return float(
+            np.mean([r.score for r in scored_by.score(darker)])
+            / np.mean([r.score for r in scored_by.score(ok)])
+        )
+
+    assert rise(model) < 1.1 and rise(patchcore) > 1.4
+    model.save(tmp_path / "m")
+    loaded = AnomalyModel.load(tmp_path / "m")
+    assert loaded.config.intensity == "standardised"
+    assert [r.score for r in loaded.score(darker)] == pytest.approx([r.score for r in model.score(darker)])
+
+
 def test_lite2_weights_map_onto_timm_offline() -> None:
     state = timm_state_dict()
     reference = timm.create_model(LITE2, pretrained=False).state_dict()

@@ -12,6 +12,7 @@ and AUPRO (how far the yardstick is to be trusted on this kind of product).
     .venv/bin/python bench/auto.py                          # synthetic sheets (1 px scratches included)
     .venv/bin/python bench/auto.py --data DATA/magnetic_tile --train 356 --test-every 2
     .venv/bin/python bench/auto.py --data DATA/deeppcb --train 160 --test-every 4
+    .venv/bin/python bench/auto.py ... --only patchcore-256,patchcore-256-standardised   # some candidates
 
 ``--train N`` OK images are given to the search, which trains on about three quarters of them
 (356 gives the 267 of the magnetic_tile target).
@@ -35,9 +36,11 @@ warnings.filterwarnings("ignore")
 from augment import Item, real, synthetic  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from defectscan.pipeline.auto_config import choose, search, trained_for_search  # noqa: E402
+from defectscan.pipeline.auto_config import candidates, choose, search, trained_for_search  # noqa: E402
 from defectscan.pipeline.evaluate import GOOD, Sample, aupro, auroc, on_grid, pixel_auroc  # noqa: E402
 from defectscan.pipeline.model_config import ModelConfig  # noqa: E402
+from defectscan.pipeline.planted_defects import placement  # noqa: E402
+from defectscan.pipeline.training_set import reference_image  # noqa: E402
 
 
 def key(method: str, size: int, layers: tuple[str, ...], intensity: str) -> str:
@@ -62,6 +65,7 @@ def main() -> None:
     parser.add_argument("--test-sheets", type=int, default=40, help="synthetic: test sheets (8 crops each)")
     parser.add_argument("--test-every", type=int, default=1, help="score every K-th real test image")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help="comma list of candidate names to run (default: all)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     data = real(args.data, args.train) if args.data else synthetic(args.train, args.test_sheets)
@@ -79,7 +83,12 @@ def main() -> None:
         return [r.score for r in results], [r.anomaly_map for r in results]
 
     start = time.perf_counter()
-    _, record = search(ok, ModelConfig(), measure, budget_min=1e6, seed=args.seed, log=print)
+    tried = [
+        (name, config)
+        for name, config in candidates(ModelConfig(), aligned=placement(reference_image(ok)).printed)
+        if not args.only or name in args.only.split(",")
+    ]
+    _, record = search(ok, ModelConfig(), measure, budget_min=1e6, seed=args.seed, tried=tried, log=print)
     rows = []
     for cand in record.candidates:
         figures = real_figures[key(cand.method, cand.image_size, cand.layers, cand.intensity)]

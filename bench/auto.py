@@ -43,10 +43,6 @@ from defectscan.pipeline.planted_defects import placement  # noqa: E402
 from defectscan.pipeline.training_set import reference_image  # noqa: E402
 
 
-def key(method: str, size: int, layers: tuple[str, ...], intensity: str) -> str:
-    return f"{method}/{size}/{','.join(layers)}/{intensity}"
-
-
 def on_real(model: Any, items: list[Item]) -> dict[str, float | None]:
     results = model.score([img for img, _, _ in items])
     samples = [
@@ -72,26 +68,25 @@ def main() -> None:
     ok, tests = data["train"], data["test_a"][:: args.test_every]  # condition A: the data set as it is
     good = sum(kind == GOOD for _, kind, _ in tests)
     print(f"{len(ok)} OK images to the search; {len(tests)} test images ({good} good)", flush=True)
-    real_figures: dict[str, dict[str, float | None]] = {}
-
-    def measure(config: ModelConfig, train: list[np.ndarray], crops: list[np.ndarray]) -> Any:
-        model = trained_for_search(config, train)
-        results = model.score(crops)
-        real_figures[key(config.method, config.image_size, config.layers, config.intensity)] = on_real(
-            model, tests
-        )
-        return [r.score for r in results], [r.anomaly_map for r in results]
-
-    start = time.perf_counter()
     tried = [
         (name, config)
         for name, config in candidates(ModelConfig(), aligned=placement(reference_image(ok)).printed)
         if not args.only or name in args.only.split(",")
     ]
+    name_of = {config: name for name, config in tried}
+    real_figures: dict[str, dict[str, float | None]] = {}
+
+    def measure(config: ModelConfig, train: list[np.ndarray], crops: list[np.ndarray]) -> Any:
+        model = trained_for_search(config, train)
+        results = model.score(crops)
+        real_figures[name_of[config]] = on_real(model, tests)
+        return [r.score for r in results], [r.anomaly_map for r in results]
+
+    start = time.perf_counter()
     _, record = search(ok, ModelConfig(), measure, budget_min=1e6, seed=args.seed, tried=tried, log=print)
     rows = []
     for cand in record.candidates:
-        figures = real_figures[key(cand.method, cand.image_size, cand.layers, cand.intensity)]
+        figures = real_figures[cand.name]
         rows.append({**cand.model_dump(mode="json"), "real": figures})
         print(
             f"{cand.name:24s} planted: image {cand.image_auroc:.4f} AUPRO {cand.aupro:.4f} criterion "

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -97,25 +97,20 @@ def candidates(base: ModelConfig, aligned: bool) -> list[tuple[str, ModelConfig]
     """The configurations ``--auto`` tries, cheapest first (the module docstring); each keeps ``base``'s
     other settings (backbone, operating point, coreset ratio)."""
 
+    def variant(**changes: Any) -> ModelConfig:
+        """``base`` changed: the method's own default views, intensities as-is unless ``changes`` say."""
+        return base.changed(**{"tta_views": (), "intensity": "as-is", **changes})
+
     def patchcore(size: int, layers: tuple[str, ...] = (), intensity: str = "as-is") -> ModelConfig:
-        return base.changed(
-            method="patchcore", image_size=size, layers=layers, tta_views=(), intensity=intensity
-        )
+        return variant(method="patchcore", image_size=size, layers=layers, intensity=intensity)
 
     out = [
         ("patchcore-256", patchcore(256)),
         ("patchcore-256-standardised", patchcore(256, intensity="standardised")),
-        (
-            "padim-256",
-            base.changed(
-                method="padim", image_size=256, layers=PADIM_LAYERS, tta_views=(), intensity="as-is"
-            ),
-        ),
+        ("padim-256", variant(method="padim", image_size=256, layers=PADIM_LAYERS)),
     ]
     if aligned:
-        fused = base.changed(
-            method="patchcore+variation", image_size=256, layers=(), tta_views=(), intensity="as-is"
-        )
+        fused = variant(method="patchcore+variation", image_size=256, layers=())
         out.append(("patchcore+variation-256", fused))
     out += [
         ("patchcore-384", patchcore(384)),

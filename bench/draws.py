@@ -24,7 +24,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
-from defectscan.pipeline.evaluate import GOOD, auroc  # noqa: E402
+from defectscan.pipeline.evaluate import Sample, summarize  # noqa: E402
 from defectscan.pipeline.images import decode_image  # noqa: E402
 from defectscan.pipeline.model import AnomalyModel, ModelConfig  # noqa: E402
 from defectscan.worker.datasets import expand_inputs, mvtec_test_items  # noqa: E402
@@ -35,14 +35,12 @@ def load(path: Path) -> np.ndarray:
     return decode_image(read_local(path), str(path))
 
 
-def per_type(scores: list[float], kinds: list[str]) -> dict[str, float | None]:
-    """Image AUROC of all defective images, and of each defect type, against the good ones."""
-    good = [s for s, k in zip(scores, kinds, strict=True) if k == GOOD]
-    out = {"all": auroc([int(k != GOOD) for k in kinds], scores)}
-    for kind in sorted(set(kinds) - {GOOD}):
-        bad = [s for s, k in zip(scores, kinds, strict=True) if k == kind]
-        out[kind] = auroc([0] * len(good) + [1] * len(bad), good + bad)
-    return out
+def per_type(model: AnomalyModel, tests: list[np.ndarray], kinds: list[str]) -> dict[str, float | None]:
+    """Image AUROC of all defective images, and of each defect type against the good ones."""
+    samples = [Sample(k, r.score) for k, r in zip(kinds, model.score(tests), strict=True)]
+    summary = summarize(samples, model.calibration.threshold, model.config.image_size)
+    by_type = {kind: figures["image_auroc"] for kind, figures in summary["per_type"].items()}
+    return {"all": summary["image_auroc"], **by_type}
 
 
 def main() -> None:
@@ -65,7 +63,7 @@ def main() -> None:
         for changes in configs:
             start = time.perf_counter()
             model = AnomalyModel.fit(ok, ModelConfig().changed(**changes))
-            figures = per_type([r.score for r in model.score(tests)], kinds)
+            figures = per_type(model, tests, kinds)
             took = round(time.perf_counter() - start)
             rows.append({"draw": draw, "changes": changes, **figures, "s": took})
             shown = " ".join(f"{k} {v:.4f}" for k, v in figures.items() if v is not None)

@@ -74,7 +74,13 @@ class NoMatchError(DefectscanError):
     code = "no_match"
 
 
-class ModelNotFoundError(DefectscanError):
+class NotFoundError(DefectscanError):
+    """The thing named (a batch, a run, a product, a model) does not exist where it was looked for."""
+
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
     """No model directory, or not a defectscan model, at the given place."""
 
     code = "model_not_found"

@@ -21,11 +21,12 @@ from kombu.utils.url import maybe_sanitize_url
 from defectscan.pipeline.outputs import OutputOptions
 from defectscan.producer.console import err, progress_bar
 from defectscan.producer.enqueue import enqueue_batch, storage_counts
+from defectscan.producer.exits import Exit, NotFound, Unavailable
 from defectscan.producer.nightly import ENV as NIGHTLY_ENV
 from defectscan.producer.nightly import Nightly, beat_argv
 from defectscan.producer.options import pictures_option, search_options, segment_options
 from defectscan.worker.app import INFERENCE_QUEUE, RETRAIN_QUEUE, bookkeeping_url
-from defectscan.worker.batch_spec import absolute_location
+from defectscan.worker.batch_spec import BATCH_JSON, absolute_location
 from defectscan.worker.batches import BatchBook, BatchCounts, connect
 from defectscan.worker.chunk_watch import is_dead, is_overdue
 from defectscan.worker.cores import core_slices, threads_per_process
@@ -33,11 +34,13 @@ from defectscan.worker.dev_s3 import DevS3
 from defectscan.worker.processes import until_interrupted
 from defectscan.worker.retrain import RetrainBook
 from defectscan.worker.settings import env_name, settings
-from defectscan.worker.storage import open_storage
+from defectscan.worker.storage import Storage, open_storage
 
-EXIT_TIMEOUT = 3
-EXIT_STALLED = 4
-STATUS_WAIT_S = 30.0  # how long status waits for an unavailable broker before it says so
+EXIT_TIMEOUT = Exit.TIMEOUT
+EXIT_STALLED = Exit.STALLED
+# how long a command waits for a broker that does not answer when it starts, before it says so (a
+# broker that goes away later is waited for as long as DEFECTSCAN_REDIS_WAIT_S says)
+FIRST_CONTACT_S = 30.0
 
 
 @click.command()
@@ -79,6 +82,7 @@ def enqueue(
     """Enqueue every image under INPUTS (s3://bucket/prefix/ or a folder) as one batch; print its id.
 
     The model is pinned for the whole batch; batch.json and manifest.jsonl go to <out>/<batch-id>/."""
+    broker_answers()
     done = enqueue_batch(
         inputs,
         model,
@@ -91,6 +95,7 @@ def enqueue(
         min_area,
         OutputOptions(save_maps=save_maps, lookout_compat=lookout_compat, pictures=pictures),
         max_pixels=max_pixels,
+        require_images=True,
     )
     held = f", {done.held_images} left to running chunks" if done.held_images else ""
     err.print(
@@ -110,11 +115,21 @@ def _finished(book: BatchBook, counts: BatchCounts) -> bool:
     return counts.finished and book.finalized()
 
 
-def _unavailable(exc: Exception) -> click.ClickException:
-    return click.ClickException(
-        f"the broker's Redis ({maybe_sanitize_url(bookkeeping_url())}) is unavailable: {type(exc).__name__}; "
-        "try again when it is back"
+def _unavailable(exc: Exception) -> Unavailable:
+    where = maybe_sanitize_url(bookkeeping_url())
+    return Unavailable(
+        f"the broker's Redis ({where}) is unavailable ({type(exc).__name__}): start it or point "
+        "DEFECTSCAN_BROKER_URL at it, then try again"
     )
+
+
+def broker_answers() -> None:
+    """Raise :class:`Unavailable` unless the bookkeeping Redis answers within :data:`FIRST_CONTACT_S`:
+    a command checks before it writes anything."""
+    try:
+        connect(wait_s=FIRST_CONTACT_S).ping()
+    except redis.exceptions.RedisError as exc:
+        raise _unavailable(exc) from None
 
 
 def chunk_rows(counts: BatchCounts) -> list[dict[str, object]]:
@@ -152,7 +167,7 @@ def status(batch_id: str, as_json: bool, out: str | None) -> None:
     if batch_id.startswith("retrain-"):
         _retrain_status(batch_id, as_json)
         return
-    book = _book(batch_id, STATUS_WAIT_S)
+    book = _book(batch_id, FIRST_CONTACT_S)
     try:
         counts = book.counts()
         finished = _finished(book, counts) if counts.total else False
@@ -160,8 +175,9 @@ def status(batch_id: str, as_json: bool, out: str | None) -> None:
         raise _unavailable(exc) from None
     if not counts.total:
         if out is None:
-            raise click.ClickException(
-                f"no batch {batch_id!r} is known to the broker: give --out to count from storage; if the "
+            raise NotFound(
+                f"no batch {batch_id!r} is known to the broker: check the id, or give --out to count from "
+                "storage; if the "
                 f"broker lost it (Redis without persistence), `defectscan enqueue ... --batch-id {batch_id}` "
                 "completes it"
             )
@@ -191,7 +207,7 @@ def status(batch_id: str, as_json: bool, out: str | None) -> None:
 def _retrain_status(request_id: str, as_json: bool) -> None:
     state = RetrainBook.read(request_id)
     if not state:
-        raise click.ClickException(f"no retrain request {request_id!r} is known to the broker")
+        raise NotFound(f"no retrain request {request_id!r} is known to the broker: check the id")
     fields = ("state", "stage", "product", "version", "promoted", "reason", "error", "message")
     row = {"request": request_id, **{k: state[k] for k in fields if state.get(k)}}
     click.echo(json.dumps(row) if as_json else " ".join(f"{k} {v}" for k, v in row.items()))
@@ -199,23 +215,38 @@ def _retrain_status(request_id: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("batch_id")
-@click.option("--timeout", default=6 * 3600.0, show_default=True, type=float, help="Seconds.")
-@click.option("--interval", default=1.0, show_default=True, type=float, help="Seconds between polls.")
+@click.option("--timeout", default=6 * 3600.0, show_default=True, type=click.FloatRange(0), help="Seconds.")
+@click.option(
+    "--interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds between polls.",
+)
 @click.option(
     "--stalled-after",
     default=1800.0,
     show_default=True,
-    type=float,
+    type=click.FloatRange(0),
     help="Seconds without an image done (and no chunk running) after which the batch counts as stalled.",
 )
-def wait(batch_id: str, timeout: float, interval: float, stalled_after: float) -> None:
-    """Wait until BATCH_ID is finished (failed images included) and its summary is written.
+@click.option(
+    "--out",
+    help="Results location: wait on a batch the broker does not know (lost, or expired) from its files.",
+)
+def wait(batch_id: str, timeout: float, interval: float, stalled_after: float, out: str | None) -> None:
+    """Wait until BATCH_ID is finished and its summary is written.
 
-    Rides through broker restarts. Exits 0 when finished, 3 on timeout, 4 when the batch is stalled:
-    images pending, none done for --stalled-after seconds, and no chunk running."""
+    Exits 0 when every image has a verdict, 1 when it finished with failed images, 3 on timeout, 4 when
+    the batch is stalled (images pending, none done for --stalled-after seconds, no chunk running), and 5
+    at once for a batch that neither the broker nor --out's storage knows. Rides through broker
+    restarts and outages (saying so) until --timeout."""
+    store = open_storage(absolute_location(out)).child(batch_id) if out else None
+    if store is not None and not store.exists(BATCH_JSON):  # written before the broker hears of it
+        raise _unknown_batch(batch_id, store)
     book = _book(batch_id, interval)
     deadline = time.monotonic() + timeout
-    counts, away = BatchCounts(0, 0, 0), False
+    counts, away, known = BatchCounts(0, 0, 0), False, False
     progress, progressed_at = -1, time.monotonic()
     with progress_bar(1, f"batch {batch_id}") as bar:
         while True:
@@ -228,10 +259,18 @@ def wait(batch_id: str, timeout: float, interval: float, stalled_after: float) -
             except redis.exceptions.RedisError as exc:
                 if not away:
                     err.print(
-                        f"the broker is unavailable ({type(exc).__name__}); waiting for it", highlight=False
+                        f"the broker is unavailable ({type(exc).__name__}); waiting for it, up to "
+                        f"--timeout ({timeout:.0f} s)",
+                        highlight=False,
                     )
                     away = True
                 finished = False
+            else:
+                if not counts.total and not finished:  # the broker does not know it: do the files?
+                    if store is None:
+                        raise _unknown_batch(batch_id, store)
+                    counts, finished = storage_counts(store, batch_id)
+                known = True
             bar.update(bar.task_ids[0], total=max(counts.total, 1), completed=counts.done + counts.failed)
             if finished:
                 break
@@ -239,7 +278,7 @@ def wait(batch_id: str, timeout: float, interval: float, stalled_after: float) -
             live = any(not is_dead(lease, counts.now) for lease in counts.leases)
             if counts.done + counts.failed != progress or live or away:
                 progress, progressed_at = counts.done + counts.failed, now
-            if now - progressed_at > stalled_after:
+            if known and now - progressed_at > stalled_after:
                 err.print(
                     f"stalled: {counts.pending} of {counts.total} images pending, none done for "
                     f"{stalled_after:.0f} s and no chunk running; check the workers, or re-run "
@@ -249,10 +288,27 @@ def wait(batch_id: str, timeout: float, interval: float, stalled_after: float) -
                 )
                 sys.exit(EXIT_STALLED)
             if now > deadline:
-                err.print(f"timed out: {counts.pending} of {counts.total} images pending", highlight=False)
+                pending = f"{counts.pending} of {counts.total} images pending" if known else "no answer"
+                away_now = "; the broker is still unavailable" if away else ""
+                err.print(f"timed out: {pending}{away_now}", highlight=False)
                 sys.exit(EXIT_TIMEOUT)
             time.sleep(interval)
     click.echo(f"batch {batch_id} finished: {counts.done} done, {counts.failed} failed, of {counts.total}")
+    if counts.failed:
+        err.print(
+            f"{counts.failed} images got an error verdict: their codes are in the batch's summary.json",
+            highlight=False,
+        )
+        sys.exit(Exit.FAILED)
+
+
+def _unknown_batch(batch_id: str, store: Storage | None) -> NotFound:
+    if store is None:
+        return NotFound(
+            f"no batch {batch_id!r} is known to the broker: check the id (`defectscan status {batch_id}`), "
+            "or give --out to wait on a batch whose bookkeeping the broker no longer has"
+        )
+    return NotFound(f"no batch {batch_id!r} is known to the broker, nor at {store.location}: check the id")
 
 
 def worker_argv(queues: str, concurrency: int, loglevel: str, name: str, pool: str) -> list[str]:

@@ -10,23 +10,25 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 
 from defectscan.pipeline.auto_config import fit_auto
 from defectscan.pipeline.calibration import MIN_NEW_CONDITION, Calibration
-from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
+from defectscan.pipeline.errors import InvalidArgumentError
 from defectscan.pipeline.images import decode_image, encode_png
 from defectscan.pipeline.model_config import INTENSITIES, LITE2, METHODS, ModelConfig
 from defectscan.pipeline.outputs import OutputOptions
+from defectscan.pipeline.saved_model import read_doc
 from defectscan.pipeline.segment import Segmenter
 from defectscan.pipeline.verdict import ModelInfo, Verdict
 from defectscan.producer.augment_cli import augment
 from defectscan.producer.batch_cli import BATCH_COMMANDS
 from defectscan.producer.console import err, print_error, progress_bar
 from defectscan.producer.evaluation import print_metrics
+from defectscan.producer.exits import Exit, ended
 from defectscan.producer.local_cluster import local_cluster
 from defectscan.producer.local_segment import SegmentationRecord, crop_sources, segment_files
 from defectscan.producer.lookout_cli import lookout, staged_manifest
@@ -55,7 +57,34 @@ def _parse_box(text: str) -> tuple[int, int, int, int]:
     return x, y, w, h
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Cli(click.Group):
+    """The command group. However a command ends, it ends with one status and at most one error line
+    (:mod:`producer.exits`): click runs it without its own error handling, and what it raises is mapped
+    here, for the console script and for click's test runner alike."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except SystemExit:
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            if not standalone_mode:
+                raise
+            sys.exit(ended(exc, argv))
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else Exit.OK)
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="defectscan")
 def cli() -> None:
     """defectscan: visual inspection of printed and repeated parts."""
@@ -146,7 +175,7 @@ def segment(
         f"{len(summary.failures)} failed; results in {out}"
     )
     if summary.failures:
-        sys.exit(1)
+        sys.exit(Exit.FAILED)
 
 
 def _read_set(folder: Path, label: str) -> ImageSet:
@@ -363,8 +392,8 @@ def evaluate(
     elif model_dir is None or (data is None) == (manifest is None):
         raise click.UsageError("give --model and one of --data and --manifest, or --pairs")
     else:
-        model = AnomalyModel.load(model_dir)
-        with staged_manifest(manifest, "test") as staged:
+        with staged_manifest(manifest, "test") as staged:  # a manifest's outage: said before the load
+            model = AnomalyModel.load(model_dir)
             root = staged if staged is not None else data
             assert root is not None
             result = run_evaluation(model, mvtec_test_items(root), use_tta=not no_tta)
@@ -375,12 +404,12 @@ def evaluate(
 
 
 @cli.command()
-@click.argument("input_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("input_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--template", "template_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--pairs",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="CSV of image,template paths: compare each image with its own template (no --model needed).",
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
@@ -421,7 +450,15 @@ def inspect(
     """Inspect every image under INPUT_DIR with --model (segmenting with --template, if given), or every
     pair of --pairs: verdict JSON and heatmap per image under OUT, mirroring the inputs, and summary.json.
 
-    The exit status is 1 if any image failed (its verdict says why); the run never stops for one."""
+    The exit status is 1 if any image failed (its verdict says why); the run never stops for one. A
+    missing or empty INPUT_DIR, or no model at --model, is refused before anything is written."""
+    if pairs is None:
+        if input_dir is None or model_dir is None:
+            raise click.UsageError("give INPUT_DIR and --model, or --pairs")
+        items = [(_relative(path, input_dir), path) for path in expand_inputs([input_dir])]
+        if not items:
+            raise InvalidArgumentError(str(input_dir), "holds no images (png, jpg, bmp, tif)")
+        read_doc(model_dir)  # no model there: said before torch is loaded
     from defectscan.pipeline.inspection import Inspector, inspect_pair
     from defectscan.pipeline.model import AnomalyModel
     from defectscan.pipeline.pairs import PairComparer
@@ -457,17 +494,14 @@ def inspect(
         run = one_at_a_time(compare)
         info = ModelInfo(method="variation (own template)")
         facts = ModelFacts(method=info.method, threshold=threshold)
-    elif input_dir is None or model_dir is None:
-        raise click.UsageError("give INPUT_DIR and --model, or --pairs")
     else:
+        assert input_dir is not None and model_dir is not None
         model = AnomalyModel.load(model_dir)
         segmenter = (
             _segmenter(template_path, angles, scales, min_score, max_instances, pyramid)
             if template_path
             else None
         )
-        items = [(_relative(path, input_dir), path) for path in expand_inputs([input_dir])]
-
         run = Inspector(model, segmenter, product, min_area, max_pixels, pictures=options.pictures).many
 
         info = ModelInfo(product=product, version=str(model.version), method=model.config.method)
@@ -486,7 +520,7 @@ def inspect(
         f"results in {out} (open {out / 'report.html'})"
     )
     if summary.failures:
-        sys.exit(1)
+        sys.exit(Exit.FAILED)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -544,20 +578,8 @@ for _command in (
 
 
 def main() -> None:
-    """Console-script entry point: typed errors become one readable line and exit status 2."""
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err.print("aborted")
-        sys.exit(130)
-    except DefectscanError as exc:
-        print_error(str(exc), exc.code)
-        sys.exit(2)
+    """Console-script entry point (exit statuses: :mod:`producer.exits`)."""
+    cli.main(prog_name="defectscan")
 
 
 if __name__ == "__main__":

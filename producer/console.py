@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a line is never wrapped: scripts read them whole
 
 
 @contextmanager

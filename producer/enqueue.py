@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from defectscan.pipeline.errors import InvalidArgumentError
+from defectscan.pipeline.errors import InvalidArgumentError, NotFoundError
 from defectscan.pipeline.images import DEFAULT_MAX_PIXELS
 from defectscan.pipeline.outputs import OutputOptions, is_verdict_key
 from defectscan.pipeline.segment import SegmentOptions
@@ -45,7 +45,7 @@ from defectscan.worker.batches import BatchBook, BatchCounts
 from defectscan.worker.datasets import IMAGE_SUFFIXES
 from defectscan.worker.item_keys import item_key
 from defectscan.worker.model_cache import resolve_model
-from defectscan.worker.storage import Storage, open_storage, read_location
+from defectscan.worker.storage import Storage, is_remote, open_storage, read_location
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,16 @@ def _create(
     out: str,
     template: str | None,
     chunk: int,
+    require_images: bool,
     **options: object,
 ) -> BatchSpec:
     model_dir, version = resolve_model(model)
     images = list_images(open_storage(inputs))
+    if require_images and not images:
+        if not is_remote(inputs) and not Path(inputs).is_dir():
+            raise InvalidArgumentError(inputs, "no such folder: check the location")
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise InvalidArgumentError(inputs, f"holds no images ({kinds}): check the location")
     if template is not None:
         store.put(TEMPLATE_KEY, read_location(template), "image/png")
     manifest = "".join(json.dumps(_manifest_line(k, s, e)) + "\n" for k, s, e in images)
@@ -145,7 +151,13 @@ def enqueue_batch(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     queue: str | None = None,
     book_factory: Callable[[str], BatchBook] = BatchBook,
+    require_images: bool = False,
 ) -> Enqueued:
+    """Enqueue ``inputs`` as a new batch, or the rest of batch ``batch_id`` (module docstring).
+
+    A new batch with no image under ``inputs`` is refused (:class:`InvalidArgumentError`, nothing written)
+    with ``require_images``; without it, it is a batch of none, which finishes at once (a night the line
+    did not run)."""
     batch_id = batch_id or new_batch_id()
     inputs, out = absolute_location(inputs), absolute_location(out)
     model = absolute_location(model)
@@ -164,6 +176,7 @@ def enqueue_batch(
             out,
             template,
             chunk,
+            require_images,
             product=product,
             segment=segment or SegmentOptions(),
             min_area=min_area,
@@ -201,7 +214,7 @@ def enqueue_batch(
 def storage_counts(store: Storage, batch_id: str) -> tuple[BatchCounts, bool]:
     """A batch's counts from its files (manifest, verdicts, ``_SUCCESS``), and whether it finished."""
     if not store.exists(BATCH_JSON):
-        raise InvalidArgumentError(batch_id, f"no batch at {store.location}")
+        raise NotFoundError(batch_id, f"no batch at {store.location}")
     keys = manifest_keys(store)
     verdicts = existing_verdicts(store)
     known = [verdicts[item_key(k)] for k in keys if item_key(k) in verdicts]

@@ -34,6 +34,7 @@ ENV_FILE = "cluster.env"
 def local_cluster(directory: Path, bucket: str, concurrency: int) -> None:
     """Run a broker, an S3 store and one worker on this machine until interrupted; DIR/cluster.env
     holds the environment for enqueue, status, wait and the registry commands (`source` it)."""
+    directory = directory.resolve()  # the servers and the worker do not run where we do
     directory.mkdir(parents=True, exist_ok=True)
     broker = DevRedis(directory / "broker")
     store = DevS3(directory / "s3")

@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from defectscan.producer.batch_cli import broker_answers
 from defectscan.producer.console import err
 from defectscan.producer.options import auto_options
 from defectscan.worker.app import app
@@ -66,11 +67,13 @@ def retrain(
     join_key(product)  # a product name is one key segment
     if (ok is None) == (manifest is None):
         raise click.UsageError("give exactly one of --ok and --manifest")
+    location = registry_location(registry)
+    broker_answers()
     request_id = f"retrain-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
     req = RetrainRequest(
         request_id=request_id,
         product=product,
-        registry=registry_location(registry),
+        registry=location,
         ok=ok,
         manifest=manifest,
         template=template,
@@ -108,7 +111,10 @@ def models() -> None:
 @registry_option
 def list_versions(product: str, as_json: bool, registry: str | None) -> None:
     """Every version of PRODUCT, oldest first; * marks LATEST."""
-    versions = Registry(registry_location(registry)).versions(product)
+    found = Registry(registry_location(registry))
+    versions = found.versions(product)
+    if not versions:
+        found.require(product)
     if as_json:
         click.echo(json.dumps([v.__dict__ for v in versions], indent=2))
         return

@@ -32,10 +32,12 @@ def report(location: str, out: str | None, url: bool, expires_h: int) -> None:
     On S3, --url writes reports/shared-<time>.html beside it, whose thumbnails and links are presigned
     for --expires-h hours, and prints its presigned address."""
     from defectscan.worker.report import REPORT, report_html, stored_run, write_report
+    from defectscan.worker.results import require_run
     from defectscan.worker.storage import is_remote, open_storage
 
     where = f"{out.rstrip('/')}/{location}" if out else location
     store = open_storage(where)
+    require_run(store)
     run = stored_run(store)
     if not run.verdicts:
         raise click.UsageError(f"{where} holds no verdicts (a batch folder or an inspect output folder)")

@@ -107,11 +107,13 @@ def apply(
 def _record(where: str, submission: Any, reviewer: str | None, feedback: bool, registry: str | None) -> None:
     from defectscan.worker.batch_spec import BATCH_JSON, BatchSpec
     from defectscan.worker.registry import registry_location
+    from defectscan.worker.results import require_run
     from defectscan.worker.review import feed_back, in_force, record, reviews
     from defectscan.worker.settings import settings
     from defectscan.worker.storage import open_storage
 
     store = open_storage(where)
+    require_run(store)
     key, named = record(store, submission, reviewer)
     calls = Counter(d.decision for d in submission.decisions)
     err.print(f"recorded {sum(calls.values())} decisions ({dict(calls)}) as {where}/{key}")

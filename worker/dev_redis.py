@@ -49,7 +49,7 @@ class DevRedis:
     """One server process on 127.0.0.1; ``with DevRedis(dir) as r:`` starts it and stops it by PID."""
 
     def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None, aof: bool = True) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # the server runs in its own folder
         self.port = port or free_port()
         self.aof = aof
         self.process: subprocess.Popen[bytes] | None = None

@@ -100,7 +100,7 @@ class DevS3:
     """One ``weed mini`` process; ``with DevS3(dir) as s3:`` starts it and stops it by PID."""
 
     def __init__(self, data_dir: str | os.PathLike[str], s3_port: int | None = None) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # the server runs in its own folder
         self.s3_port = s3_port
         self.process: subprocess.Popen[bytes] | None = None
         self.credentials: S3Credentials | None = None

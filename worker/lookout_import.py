@@ -34,7 +34,7 @@ from defectscan.pipeline.lookout_manifest import (
     resolve,
 )
 from defectscan.worker.datasets import IMAGE_SUFFIXES
-from defectscan.worker.storage import Storage, read_location
+from defectscan.worker.storage import Storage, StorageUnavailableError, read_location
 
 REPORT = "lookout-import.json"
 Role = Literal["train", "test"]
@@ -76,6 +76,8 @@ def import_manifests(manifests: list[tuple[str, Role]], out: Storage) -> ImportR
     for manifest, role in manifests:
         try:
             text = read_location(manifest).decode("utf-8")
+        except StorageUnavailableError:  # the store is down: nothing to say about the manifest
+            raise
         except (DefectscanError, UnicodeDecodeError) as exc:
             report.skipped.append(Skipped(manifest=manifest, line=0, reason=f"unreadable manifest ({exc})"))
             continue
@@ -84,6 +86,8 @@ def import_manifests(manifests: list[tuple[str, Role]], out: Storage) -> ImportR
         for entry in entries:
             try:
                 report.taken.append(_copy(entry, manifest, role, out, names))
+            except StorageUnavailableError:
+                raise
             except (DefectscanError, ValueError) as exc:
                 report.skipped.append(Skipped(manifest=manifest, line=entry.line, reason=str(exc)))
     if not report.taken:

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from defectscan.pipeline.errors import ModelNotFoundError
+from defectscan.pipeline.errors import InvalidArgumentError, ModelNotFoundError, NotFoundError
 from defectscan.pipeline.model_doc import ModelDoc
 from defectscan.pipeline.saved_model import MODEL_CARD, MODEL_JSON, doc_files, parse_doc, read_doc
 from defectscan.worker.settings import settings
@@ -41,7 +41,7 @@ class VersionInfo:
 def registry_location(explicit: str | None = None) -> str:
     location = explicit or settings().registry
     if not location:
-        raise ModelNotFoundError("registry", f"no registry: give --registry or set {REGISTRY_ENV}")
+        raise InvalidArgumentError("registry", f"no registry: give --registry or set {REGISTRY_ENV}")
     return location.rstrip("/")
 
 
@@ -58,6 +58,21 @@ class Registry:
         if not self.store.exists(key):
             return None
         return self.store.get(key).decode().strip() or None
+
+    def products(self) -> list[str]:
+        """The products that have anything stored, sorted."""
+        return sorted(folder.rstrip("/").rsplit("/", 1)[-1] for folder in self.store.folders())
+
+    def require(self, product: str) -> None:
+        """Raise :class:`NotFoundError` unless ``product`` has anything in this registry, saying whether
+        the registry itself holds nothing (a wrong --registry) or which products it holds."""
+        known = self.products()
+        if not known:
+            raise NotFoundError(
+                self.location, f"no registry here (nothing stored): check --registry or {REGISTRY_ENV}"
+            )
+        if product not in known:
+            raise NotFoundError(product, f"no such product in {self.location} (products: {', '.join(known)})")
 
     def versions(self, product: str) -> list[VersionInfo]:
         """Every complete version of ``product``, oldest first."""

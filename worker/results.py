@@ -18,9 +18,16 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from defectscan.pipeline.errors import DefectscanError, KeyTooLongError, WriteFailedError, error_code
+from defectscan.pipeline.errors import (
+    DefectscanError,
+    KeyTooLongError,
+    NotFoundError,
+    WriteFailedError,
+    error_code,
+)
 from defectscan.pipeline.outputs import OutputOptions, finish
 from defectscan.pipeline.verdict import Text, Verdict, error_verdict
+from defectscan.worker.batch_spec import BATCH_JSON
 from defectscan.worker.item_keys import hashed_key, item_key
 from defectscan.worker.storage import Storage, StorageUnavailableError
 
@@ -29,6 +36,15 @@ if TYPE_CHECKING:  # the inspection imports the models (torch); writing results 
 
 SUMMARY_SCHEMA = "defectscan.summary/1"
 SUMMARY = "summary.json"
+
+
+def require_run(store: Storage) -> None:
+    """Raise :class:`NotFoundError` unless ``store`` holds a run: a batch (its ``batch.json``, written
+    first) or a local ``inspect`` output (its ``summary.json``)."""
+    if not (store.exists(BATCH_JSON) or store.exists(SUMMARY)):
+        raise NotFoundError(
+            store.location, "no run here (a batch folder, a batch id with --out, or an inspect output)"
+        )
 
 
 def write_inspection(out: Storage, key: str, result: Inspection, options: OutputOptions) -> Verdict:

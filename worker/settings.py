@@ -28,6 +28,9 @@ class Settings(BaseSettings):
         Path.home() / ".cache" / "defectscan", description="Where workers keep downloaded models."
     )
     s3_addressing: str | None = Field(None, description="`path` for stores that need path-style addressing.")
+    s3_max_attempts: int = Field(
+        8, ge=1, description="Attempts per S3 call, with backoff, before the store counts as unavailable."
+    )
     soft_time_limit: int = Field(
         1500, gt=0, description="Most seconds a chunk may run (soft; per-chunk cap)."
     )

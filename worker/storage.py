@@ -216,7 +216,8 @@ class S3Settings:
 
     @classmethod
     def from_env(cls) -> S3Settings:
-        return cls(addressing_style=settings().s3_addressing or None)
+        given = settings()
+        return cls(addressing_style=given.s3_addressing or None, max_attempts=given.s3_max_attempts)
 
     def client(self) -> Any:
         """This process's client for these settings and the AWS variables as they are now: made once

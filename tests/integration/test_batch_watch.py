@@ -82,9 +82,9 @@ def test_wait_and_status_ride_out_a_broker_that_is_away(
 ) -> None:
     server = DevRedis(tmp_path / "redis", port=free_port())
     monkeypatch.setenv("DEFECTSCAN_BROKER_URL", server.url(0))
-    monkeypatch.setattr(batch_cli, "STATUS_WAIT_S", 1.0)
+    monkeypatch.setattr(batch_cli, "FIRST_CONTACT_S", 1.0)
     away = CliRunner().invoke(cli, ["status", "b1"])
-    assert away.exit_code == 1 and "unavailable" in away.output
+    assert away.exit_code == 6 and "unavailable" in away.output
     assert not isinstance(away.exception, redis.exceptions.RedisError)  # a message, not a traceback
     waited = CliRunner().invoke(cli, ["wait", "b1", "--interval", "0.2", "--timeout", "2"])
     assert waited.exit_code == batch_cli.EXIT_TIMEOUT and "waiting for it" in waited.output

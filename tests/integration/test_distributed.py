@@ -100,7 +100,8 @@ def test_a_nightly_batch_runs_on_two_workers_and_reruns_idempotently(
         assert result.exit_code == 0, result.output
         assert result.stdout.strip().splitlines()[-1] == batch_id
         waited = CliRunner().invoke(cli, ["wait", batch_id, "--timeout", "600", "--interval", "0.5"])
-        assert waited.exit_code == 0, waited.output
+        assert waited.exit_code == 1, waited.output  # finished, with broken.png's error verdict
+        assert "1 failed" in waited.stdout and "summary.json" in waited.stderr
 
         batch = S3Storage(bucket, f"results/{batch_id}")
         spec = json.loads(batch.get("batch.json"))

@@ -115,3 +115,11 @@ def test_the_wheel_installs_one_import_name(tmp_path: Path) -> None:
     for package in ("pipeline", "worker", "producer"):  # the folders' modules, as files
         assert f"defectscan/{package}/__init__.py" in names
     assert "defectscan/pipeline/model.py" in names and "defectscan/producer/cli.py" in names
+
+
+def test_the_readme_table_of_exit_statuses_is_the_codes() -> None:
+    from defectscan.producer.cli import cli
+    from defectscan.producer.exits import COMMANDS, markdown_table
+
+    assert markdown_table() in (ROOT / "README.md").read_text()  # python -m defectscan.producer.exits
+    assert set(COMMANDS) <= set(cli.commands)  # type: ignore[attr-defined]

@@ -78,6 +78,9 @@ class Cli(click.Group):
         except (Exception, KeyboardInterrupt) as exc:
             if not standalone_mode:
                 raise
+            if isinstance(exc, click.exceptions.NoArgsIsHelpError):  # a bare group: its help, as asked
+                exc.show()
+                sys.exit(Exit.USAGE)
             sys.exit(ended(exc, argv))
         if not standalone_mode:
             return result

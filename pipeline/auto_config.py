@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -44,6 +45,7 @@ from defectscan.pipeline.training_set import reference_image
 
 if TYPE_CHECKING:
     from defectscan.pipeline.model import AnomalyModel
+    from defectscan.pipeline.runtime import Runtime
 
 MARGIN = 0.005  # how much a costlier candidate must gain on the criterion to be preferred
 GRID = 256  # px: the grid maps and masks are compared on
@@ -247,19 +249,25 @@ def search(
     return chosen, record
 
 
-def trained_for_search(config: ModelConfig, train: Sequence[NDArray[np.uint8]]) -> AnomalyModel:
+def trained_for_search(
+    config: ModelConfig, train: Sequence[NDArray[np.uint8]], runtime: Runtime | None = None
+) -> AnomalyModel:
     """``config`` trained on ``train`` as the search trains its candidates: a small holdout calibrates
     it, no folds (they only set the threshold, which the search does not use)."""
     from defectscan.pipeline.model import AnomalyModel  # torch: only when a search runs
 
-    return AnomalyModel.fit(train, config.changed(folds=0, holdout=0.1))
+    return AnomalyModel.fit(train, config.changed(folds=0, holdout=0.1), runtime=runtime)
 
 
 def measured_by_training(
-    config: ModelConfig, train: list[NDArray[np.uint8]], crops: list[NDArray[np.uint8]]
+    config: ModelConfig,
+    train: list[NDArray[np.uint8]],
+    crops: list[NDArray[np.uint8]],
+    runtime: Runtime | None = None,
 ) -> tuple[list[float], list[NDArray[np.float32]]]:
-    """The search's :data:`Measure`: ``config`` trained on ``train`` scores ``crops``."""
-    results = trained_for_search(config, train).score(crops)
+    """The search's :data:`Measure`: ``config`` trained on ``train`` (its networks in ``runtime``)
+    scores ``crops``."""
+    results = trained_for_search(config, train, runtime).score(crops)
     return [r.score for r in results], [r.anomaly_map for r in results]
 
 
@@ -270,11 +278,14 @@ def fit_auto(
     groups: Sequence[str] = (),
     budget_min: float = DEFAULT_BUDGET_MIN,
     log: Callable[[str], None] = lambda _: None,
+    runtime: Runtime | None = None,
 ) -> AnomalyModel:
-    """``train --auto``: the search on ``ok``, then ``fit(chosen)``: the chosen configuration trained on
-    all OK images with ``base``'s operating point (and whatever else ``fit`` adds: auxiliary images,
-    labelled defects); the search is recorded as ``training.auto``."""
-    chosen, record = search(ok, base, measured_by_training, groups, budget_min, base.seed, log=log)
+    """``train --auto``: the search on ``ok`` (its candidates' networks in ``runtime``), then
+    ``fit(chosen)``: the chosen configuration trained on all OK images with ``base``'s operating point
+    (and whatever else ``fit`` adds: auxiliary images, labelled defects); the search is recorded as
+    ``training.auto``."""
+    measure = partial(measured_by_training, runtime=runtime)
+    chosen, record = search(ok, base, measure, groups, budget_min, base.seed, log=log)
     log(f"chosen: {record.chosen}; training it on all {len(ok)} OK images")
     model = fit(chosen)
     model.record.training["auto"] = record.model_dump(mode="json")

@@ -45,6 +45,7 @@ from defectscan.pipeline.images import is_gray
 from defectscan.pipeline.model_config import AUGMENTS, ModelConfig, default_layers
 from defectscan.pipeline.model_doc import CalibrationScores, ModelDoc, ModelRecord, rounded
 from defectscan.pipeline.regions import RegionMap, region_map
+from defectscan.pipeline.runtime import Runtime, extractor_swapped, resolve
 from defectscan.pipeline.saved_model import read_model, write_model
 from defectscan.pipeline.scoring import (
     CropScorer,
@@ -78,13 +79,14 @@ class AnomalyModel:
         calibration: Calibration,
         record: ModelRecord | None = None,
         version: str | None = None,
+        runtime: Runtime | None = None,
     ):
         self.config = config
         self.net = net.to(device()).eval()
         self.calibration = calibration
         self.record = record or ModelRecord()
         self.version = version  # set when saved or loaded
-        self.scorer = CropScorer(config, self.net)
+        self.scorer = CropScorer(config, self.net, runtime=runtime)
         self.reference: NDArray[np.uint8] | None = None  # the mean OK crop, written as reference.png
         self.regions: RegionMap | None = None  # from the reference; regions.png (a user may edit it)
 
@@ -103,6 +105,7 @@ class AnomalyModel:
         names: Sequence[str] = (),
         groups: Sequence[str] = (),
         new_condition: Sequence[NDArray[np.uint8]] = (),
+        runtime: Runtime | None = None,
     ) -> AnomalyModel:
         """Train on OK crops (RGB uint8, any sizes), calibrate, and return the model.
 
@@ -117,7 +120,9 @@ class AnomalyModel:
         ``new_condition``: OK images of a new condition (``--style-from``), never trained on: scored by
         the trained model, and the threshold holds for them too.
         ``groups`` names each OK image's source photograph (crops of one photograph then share a fold:
-        :func:`pipeline.training_set.fold_sets`); ``names`` are recorded in ``model.json``."""
+        :func:`pipeline.training_set.fold_sets`); ``names`` are recorded in ``model.json``.
+        ``runtime``: where the frozen feature extractor runs, for the training features and every score
+        training takes (:mod:`pipeline.runtime`; default torch); the model scores there afterwards."""
         config = config or ModelConfig()
         if len(ok) < 2:
             raise InvalidArgumentError("--ok", f"needs at least 2 OK images, got {len(ok)}")
@@ -141,7 +146,8 @@ class AnomalyModel:
         net = build_net(config)
         for member in _members(net, config.method).values():
             networks.load_backbone(member, config.backbone, config.backbone_weights)
-        model = cls(config, net, UNCALIBRATED)
+        model = cls(config, net, UNCALIBRATED, runtime=runtime)
+        compiled = model.scorer.compiled_extractor()
         held_ok = [ok[i] for i in sorted(held)]
         if "variation" in config.method.split("+"):
             held_ok = normal_variants(held_ok)
@@ -159,11 +165,13 @@ class AnomalyModel:
                 sources = [*range(len(train)), *(i for k in usable for i in range(len(train)))]
                 # generated from an OK image: held out with it; else never
                 sources += aux_sources * (1 + len(views))
-                fitted = networks.fit_patchcore(member, batches, config.coreset_ratio, sources, folds)
+                with extractor_swapped(member, compiled):
+                    fitted = networks.fit_patchcore(member, batches, config.coreset_ratio, sources, folds)
                 stats[name] = fitted.stats
                 offsets = {k: len(train) * (1 + i) for i, k in enumerate(usable)} | {"identity": 0}
             else:
-                stats[name] = _fit_member(member, batches, config)
+                with extractor_swapped(member, compiled):
+                    stats[name] = _fit_member(member, batches, config)
         if isinstance(net, FusedNet):
             stats["fusion"], ok_scores = model._fit_fusion(held_ok)
         else:
@@ -348,11 +356,25 @@ class AnomalyModel:
         """``gray`` when every OK training image was grayscale, else ``rgb`` (models from before: rgb)."""
         return self.record.colour_mode
 
+    def use_runtime(self, runtime: Runtime | str = "auto", cache: Path | None = None) -> AnomalyModel:
+        """Score with the feature extractor in ``runtime`` (a :class:`Runtime`, or ``auto``, ``torch`` or
+        ``openvino`` with its compiled networks kept under ``cache``; see :mod:`pipeline.runtime`);
+        returns this model. ``runtime_used`` then says where the extractor runs."""
+        chosen = runtime if isinstance(runtime, Runtime) else Runtime(resolve(runtime, device().type), cache)
+        self.scorer = CropScorer(self.config, self.net, runtime=chosen)
+        return self
+
+    @property
+    def runtime_used(self) -> str:
+        """Where the feature extractor runs when this model scores: ``torch`` or ``openvino``."""
+        return self.scorer.runtime
+
     def with_views(self, views: Sequence[str], reduce: str | None = None) -> AnomalyModel:
         """The same model scoring with other TTA views (for evaluation and benchmarks)."""
         config = self.config.changed(tta_views=tuple(views), tta_reduce=reduce or self.config.tta_reduce)
         other = AnomalyModel(config, self.net, self.calibration, self.record, self.version)
         other.reference, other.regions = self.reference, self.regions
+        other.scorer.net, other.scorer.runtime = self.scorer.net, self.scorer.runtime  # no second compile
         return other
 
     # -- artifact ------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ VIEWS = (*GEOMETRIC, *PHOTOMETRIC)
 # each crop stretched to one mean and spread, so exposure and gain between crops are not seen
 INTENSITIES = ("as-is", "standardised")
 DEFAULT_VIEWS = ("identity", "hflip", "vflip")
+# where a model's networks run (pipeline.runtime): auto is OpenVINO on a CPU, torch on CUDA
+RUNTIMES = ("auto", "torch", "openvino")
 
 
 def default_layers(method: str) -> tuple[str, ...]:

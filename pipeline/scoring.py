@@ -37,6 +37,7 @@ from defectscan.pipeline.folded import folded_copy
 from defectscan.pipeline.fusion import FusedNet
 from defectscan.pipeline.model_config import ModelConfig
 from defectscan.pipeline.preprocess import Normaliser, pixel_batch, standardised
+from defectscan.pipeline.runtime import Runtime, compiled_extractor
 
 
 @dataclass
@@ -74,13 +75,27 @@ def crops_per_forward(config: ModelConfig) -> int:
 
 class CropScorer:
     """Anomaly maps of crops from a network and the config it was built from. Scoring runs an
-    inference copy of the network whose feature extractor has batch norm folded into its convolutions
-    (:mod:`pipeline.folded`; ``fold=False`` runs the network as it is)."""
+    inference copy of the network whose feature extractor is compiled by OpenVINO where ``runtime``
+    says so (:mod:`pipeline.runtime`), else has batch norm folded into its convolutions
+    (:mod:`pipeline.folded`); ``fold=False`` runs the network as it is."""
 
-    def __init__(self, config: ModelConfig, net: nn.Module, fold: bool = True) -> None:
+    def __init__(
+        self, config: ModelConfig, net: nn.Module, fold: bool = True, runtime: Runtime | None = None
+    ) -> None:
         self.config = config
         self.normalise = Normaliser(*normalization(config.backbone), device())
-        self.net = inference_net(net, config.image_size) if fold else net
+        self.runtime = "torch"
+        self.net = net
+        if fold:
+            self.net, self.runtime = inference_net(net, config.image_size, runtime or Runtime())
+
+    def compiled_extractor(self) -> nn.Module | None:
+        """The network's feature extractor as compiled by OpenVINO, where it runs there (training runs
+        its features through it too); else None."""
+        if self.runtime != "openvino":
+            return None
+        runner = self.net._modules.get("feature_extractor")
+        return runner if isinstance(runner, nn.Module) else None
 
     def pixels(self, images: Sequence[NDArray[np.uint8]]) -> torch.Tensor:
         """Crops as a [0, 1] batch at the model's size, on the model's device (standardised where the
@@ -140,23 +155,30 @@ class CropScorer:
             }
 
 
-def inference_net(net: nn.Module, image_size: int) -> nn.Module:
-    """``net`` scoring through a folded copy of its feature extractor (the other modules, the memory
-    bank and every buffer shared with ``net``), or ``net`` itself where nothing folds."""
+def inference_net(net: nn.Module, image_size: int, runtime: Runtime | None = None) -> tuple[nn.Module, str]:
+    """``net`` scoring through another copy of its feature extractor (the other modules, the memory bank
+    and every buffer shared with ``net``): compiled by OpenVINO where ``runtime`` says so and it can
+    be, else folded; or ``net`` itself where neither applies. Also the runtime the extractor runs in."""
     extractor = getattr(net, "feature_extractor", None)
     if (
         isinstance(net, FusedNet)
         or getattr(net, "takes_pixels", False)
         or not isinstance(extractor, nn.Module)
     ):
-        return net
+        return net, "torch"
     probe = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    folded = folded_copy(extractor, probe.to(device()))
-    if folded is None:
-        return net
+    runner: nn.Module | None = None
+    chosen = runtime or Runtime()
+    if chosen.name == "openvino" and device().type == "cpu":
+        runner = compiled_extractor(extractor, image_size, chosen, probe, type(net).__name__.lower())
+    used = "openvino" if runner is not None else "torch"
+    if runner is None:
+        runner = folded_copy(extractor, probe.to(device()))
+    if runner is None:
+        return net, used
     twin = copy.copy(net)  # shares parameters, buffers (the memory bank) and the other modules
-    twin._modules = {**net._modules, "feature_extractor": folded}
-    return twin
+    twin._modules = {**net._modules, "feature_extractor": runner}
+    return twin, used
 
 
 def filled(

@@ -24,7 +24,7 @@ from defectscan.producer.enqueue import enqueue_batch, storage_counts
 from defectscan.producer.exits import Exit, NotFound, Unavailable
 from defectscan.producer.nightly import ENV as NIGHTLY_ENV
 from defectscan.producer.nightly import Nightly, beat_argv
-from defectscan.producer.options import pictures_option, search_options, segment_options
+from defectscan.producer.options import pictures_option, runtime_option, search_options, segment_options
 from defectscan.worker.app import INFERENCE_QUEUE, RETRAIN_QUEUE, bookkeeping_url
 from defectscan.worker.batch_spec import BATCH_JSON, absolute_location
 from defectscan.worker.batches import BatchBook, BatchCounts, connect
@@ -364,7 +364,10 @@ def _gpu_count() -> int:
     type=click.IntRange(1),
     help="Worker processes sharing each GPU (their CPU stages run side by side).",
 )
-def worker_command(queues: str, concurrency: int, loglevel: str, name: str, gpus: str, per_gpu: int) -> None:
+@runtime_option
+def worker_command(
+    queues: str, concurrency: int, loglevel: str, name: str, gpus: str, per_gpu: int, runtime: str | None
+) -> None:
     """Run a Celery worker on QUEUES (a thin wrapper over ``celery worker``).
 
     With GPUs, PER_GPU worker processes per GPU (each its own process, CUDA_VISIBLE_DEVICES set, solo
@@ -372,6 +375,8 @@ def worker_command(queues: str, concurrency: int, loglevel: str, name: str, gpus
     otherwise CONCURRENCY forked CPU processes. Each process runs one compute thread per core it has
     (``DEFECTSCAN_TORCH_THREADS`` overrides; see ``worker/cores.py``)."""
     count = _gpu_count() if gpus == "auto" else 0
+    if runtime is not None:  # the worker processes read it from their settings
+        os.environ[env_name("runtime")] = runtime
     wanted = settings().torch_threads
     if count == 0:
         threads = threads_per_process(concurrency, wanted)

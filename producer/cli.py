@@ -34,13 +34,20 @@ from defectscan.producer.local_segment import SegmentationRecord, crop_sources, 
 from defectscan.producer.lookout_cli import lookout, staged_manifest
 from defectscan.producer.models_cli import MODEL_COMMANDS
 from defectscan.producer.ops_cli import OPS_COMMANDS
-from defectscan.producer.options import auto_options, pictures_option, search_options, segment_options
+from defectscan.producer.options import (
+    auto_options,
+    pictures_option,
+    runtime_option,
+    search_options,
+    segment_options,
+)
 from defectscan.producer.report_cli import report
 from defectscan.producer.review_cli import review
 from defectscan.producer.synth_files import write_synthetic_set
 from defectscan.producer.threshold_cli import threshold
 from defectscan.worker.augmentation import aux_sources
 from defectscan.worker.datasets import ImageSet, expand_inputs, mvtec_test_items, read_folder, read_pairs
+from defectscan.worker.model_cache import configured_runtime
 from defectscan.worker.storage import LocalStorage, read_local
 
 if TYPE_CHECKING:  # the commands import torch-backed modules where they run: --help stays fast
@@ -245,6 +252,7 @@ def _read_set(folder: Path, label: str) -> ImageSet:
     "--folds", default=5, show_default=True, type=click.IntRange(0), help="Out-of-fold folds (0: a holdout)."
 )
 @auto_options
+@runtime_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 def train(
     ok_dir: Path | None,
@@ -266,6 +274,7 @@ def train(
     folds: int,
     auto: bool,
     budget_min: float,
+    runtime: str | None,
     out: Path,
 ) -> None:
     """Train an anomaly model on OK images only (aligned crops, or whole images) into OUT."""
@@ -286,6 +295,8 @@ def train(
                 val_defects = staged / "test"
         assert ok_dir is not None
         from defectscan.pipeline.model import AnomalyModel
+
+        networks_in = configured_runtime(runtime)
 
         config = ModelConfig(
             method=method,
@@ -324,10 +335,11 @@ def train(
                 names=ok.names,
                 groups=groups,
                 new_condition=new.images,
+                runtime=networks_in,
             )
 
         model = (
-            fit_auto(ok.images, config, fitted, groups, budget_min, log=click.echo)
+            fit_auto(ok.images, config, fitted, groups, budget_min, log=click.echo, runtime=networks_in)
             if auto
             else fitted(config)
         )
@@ -375,6 +387,7 @@ def _operating_point(cal: Calibration) -> str:
 @click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write metrics here."
 )
+@runtime_option
 def evaluate(
     model_dir: Path | None,
     data: Path | None,
@@ -383,6 +396,7 @@ def evaluate(
     image_size: int,
     no_tta: bool,
     json_out: Path | None,
+    runtime: str | None,
 ) -> None:
     """Evaluate a model on an MVTec-layout folder (--model, --data), or golden templates per image
     (--pairs): AUROC, pixel AUROC, AUPRO, F1, per type, timings."""
@@ -396,7 +410,7 @@ def evaluate(
         raise click.UsageError("give --model and one of --data and --manifest, or --pairs")
     else:
         with staged_manifest(manifest, "test") as staged:  # a manifest's outage: said before the load
-            model = AnomalyModel.load(model_dir)
+            model = AnomalyModel.load(model_dir).use_runtime(configured_runtime(runtime))
             root = staged if staged is not None else data
             assert root is not None
             result = run_evaluation(model, mvtec_test_items(root), use_tta=not no_tta)
@@ -430,6 +444,7 @@ def evaluate(
 @click.option("--image-size", default=512, show_default=True, type=int, help="With --pairs: compare size.")
 @click.option("--threshold", default=1.0, show_default=True, type=float, help="With --pairs: map threshold.")
 @segment_options
+@runtime_option
 def inspect(
     input_dir: Path | None,
     model_dir: Path | None,
@@ -449,6 +464,7 @@ def inspect(
     scales: str,
     max_pixels: int,
     pyramid: bool,
+    runtime: str | None,
 ) -> None:
     """Inspect every image under INPUT_DIR with --model (segmenting with --template, if given), or every
     pair of --pairs: verdict JSON and heatmap per image under OUT, mirroring the inputs, and summary.json.
@@ -499,7 +515,7 @@ def inspect(
         facts = ModelFacts(method=info.method, threshold=threshold)
     else:
         assert input_dir is not None and model_dir is not None
-        model = AnomalyModel.load(model_dir)
+        model = AnomalyModel.load(model_dir).use_runtime(configured_runtime(runtime))
         segmenter = (
             _segmenter(template_path, angles, scales, min_score, max_instances, pyramid)
             if template_path

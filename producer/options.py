@@ -8,6 +8,7 @@ import click
 
 from defectscan.pipeline.auto_config import DEFAULT_BUDGET_MIN
 from defectscan.pipeline.images import DEFAULT_MAX_PIXELS
+from defectscan.pipeline.model_config import RUNTIMES
 from defectscan.pipeline.segment import SegmentOptions, parse_range
 
 
@@ -80,3 +81,13 @@ def search_options(
         max_instances=max_instances,
         pyramid=pyramid,
     )
+
+
+def runtime_option(fn: Callable[..., None]) -> Callable[..., None]:
+    """``--runtime``: where the networks run (default: ``DEFECTSCAN_RUNTIME``, itself ``auto``)."""
+    return click.option(
+        "--runtime",
+        type=click.Choice(RUNTIMES),
+        help="Where the networks run: auto (OpenVINO on a CPU, torch on CUDA), torch or openvino "
+        "[default: $DEFECTSCAN_RUNTIME, else auto].",
+    )(fn)

@@ -27,15 +27,25 @@ from defectscan.pipeline.saved_model import MODEL_FILES, MODEL_JSON, parse_doc
 
 if TYPE_CHECKING:
     from defectscan.pipeline.model import AnomalyModel
+    from defectscan.pipeline.runtime import Runtime
 
 from defectscan.worker.registry import Registry, registry_location
-from defectscan.worker.settings import settings
+from defectscan.worker.settings import runtime_cache, settings
 from defectscan.worker.storage import LocalStorage, Storage, is_remote, open_storage
 
 
 def _split(location: str) -> tuple[str, str | None]:
     head, sep, tag = location.rstrip("/").rpartition("@")
     return (head, tag) if sep and "/" not in tag else (location.rstrip("/"), None)
+
+
+def configured_runtime(runtime: str | None = None) -> Runtime:
+    """Where this process runs the networks: ``runtime`` (``--runtime``) or ``DEFECTSCAN_RUNTIME``,
+    resolved for its device, compiled networks kept in :func:`worker.settings.runtime_cache`."""
+    from defectscan.pipeline.runtime import Runtime, resolve  # torch: only where a model is used
+    from defectscan.pipeline.scoring import device
+
+    return Runtime(resolve(runtime or settings().runtime, device().type), runtime_cache())
 
 
 def model_doc(store: Storage, where: str) -> ModelDoc:
@@ -96,7 +106,7 @@ class ModelCache:
             return self._models[key]
         from defectscan.pipeline.model import AnomalyModel  # torch: only where a model is used
 
-        model = AnomalyModel.load(self._local(location, version))
+        model = AnomalyModel.load(self._local(location, version)).use_runtime(configured_runtime())
         if model.version != version:
             raise ModelFormatError(location, f"holds version {model.version}, not {version}")
         self.loads += 1

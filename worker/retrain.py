@@ -52,6 +52,7 @@ from defectscan.worker.app import app
 from defectscan.worker.batches import TTL_S, connect
 from defectscan.worker.datasets import IMAGE_SUFFIXES, mvtec_test_items
 from defectscan.worker.lookout_import import import_manifests
+from defectscan.worker.model_cache import configured_runtime
 from defectscan.worker.registry import Registry
 from defectscan.worker.review import FEEDBACK
 from defectscan.worker.storage import LocalStorage, Storage, open_storage, read_location
@@ -326,11 +327,15 @@ def run_retrain(req: RetrainRequest, book: RetrainBook) -> dict[str, Any]:
             groups=groups,
             val_defects=[*feedback_defects, *labelled],
             new_condition=new_condition,
+            runtime=networks_in,
         )
 
+    networks_in = configured_runtime()
     if req.auto:
         book.update(stage="choosing a configuration")
-        model = fit_auto(crops, config, fitted, groups or (), req.budget_min, log=log.info)
+        model = fit_auto(
+            crops, config, fitted, groups or (), req.budget_min, log=log.info, runtime=networks_in
+        )
     else:
         model = fitted(config)
     model.record.training["feedback"] = {"ok": len(feedback_ok), "defects": len(feedback_defects)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +48,10 @@ class Settings(BaseSettings):
     sweep_s: float = Field(15.0, gt=0, description="How often a worker looks for chunks of dead workers.")
     torch_threads: int = Field(
         0, ge=0, description="Compute threads per worker process (0: one per core it is given)."
+    )
+    runtime: Literal["auto", "torch", "openvino"] = Field(
+        "auto",
+        description="Where the networks run: auto (OpenVINO on a CPU, torch on CUDA), torch or openvino.",
     )
     crops_per_forward: int = Field(
         0, ge=0, description="Crops per forward pass, shared by images (0: from a pixel budget per device)."
@@ -104,3 +109,8 @@ def env_name(field: str) -> str:
     """The environment variable of a :class:`Settings` field."""
     alias = Settings.model_fields[field].validation_alias
     return alias if isinstance(alias, str) else f"DEFECTSCAN_{field.upper()}"
+
+
+def runtime_cache() -> Path:
+    """Where compiled networks are kept, beside the downloaded models: ``$DEFECTSCAN_CACHE/openvino``."""
+    return settings().cache / "openvino"

@@ -45,7 +45,7 @@ from defectscan.pipeline.images import is_gray
 from defectscan.pipeline.model_config import AUGMENTS, ModelConfig, default_layers
 from defectscan.pipeline.model_doc import CalibrationScores, ModelDoc, ModelRecord, rounded
 from defectscan.pipeline.regions import RegionMap, region_map
-from defectscan.pipeline.runtime import Runtime, extractor_swapped, resolve
+from defectscan.pipeline.runtime import Runtime, extractors_swapped, resolve
 from defectscan.pipeline.saved_model import read_model, write_model
 from defectscan.pipeline.scoring import (
     CropScorer,
@@ -147,7 +147,6 @@ class AnomalyModel:
         for member in _members(net, config.method).values():
             networks.load_backbone(member, config.backbone, config.backbone_weights)
         model = cls(config, net, UNCALIBRATED, runtime=runtime)
-        compiled = model.scorer.compiled_extractor()
         held_ok = [ok[i] for i in sorted(held)]
         if "variation" in config.method.split("+"):
             held_ok = normal_variants(held_ok)
@@ -165,12 +164,12 @@ class AnomalyModel:
                 sources = [*range(len(train)), *(i for k in usable for i in range(len(train)))]
                 # generated from an OK image: held out with it; else never
                 sources += aux_sources * (1 + len(views))
-                with extractor_swapped(member, compiled):
+                with extractors_swapped(member, model.scorer.frozen_compiled(name)):
                     fitted = networks.fit_patchcore(member, batches, config.coreset_ratio, sources, folds)
                 stats[name] = fitted.stats
                 offsets = {k: len(train) * (1 + i) for i, k in enumerate(usable)} | {"identity": 0}
             else:
-                with extractor_swapped(member, compiled):
+                with extractors_swapped(member, model.scorer.frozen_compiled(name)):
                     stats[name] = _fit_member(member, batches, config)
         if isinstance(net, FusedNet):
             stats["fusion"], ok_scores = model._fit_fusion(held_ok)

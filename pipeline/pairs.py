@@ -32,6 +32,7 @@ from defectscan.pipeline.errors import InvalidArgumentError
 from defectscan.pipeline.images import to_gray
 from defectscan.pipeline.model_config import LITE2, VARIATION_LAYERS
 from defectscan.pipeline.preprocess import pixel_batch
+from defectscan.pipeline.runtime import Runtime, inference_net
 from defectscan.pipeline.variation import VariationNet
 
 
@@ -81,10 +82,12 @@ class PairComparer:
         image_size: int = 512,
         backbone: str = LITE2,
         backbone_weights: str | None = None,
+        runtime: Runtime | None = None,
         **options: Any,
     ) -> None:
         """``options`` are :class:`VariationNet`'s tolerances and sizes (its defaults otherwise); one
-        template has no spread, so the relative tolerance is 0."""
+        template has no spread, so the relative tolerance is 0. ``runtime``: where its feature extractor
+        runs (:mod:`pipeline.runtime`; default torch)."""
         if not 32 <= image_size <= 2048 or image_size % 32:
             raise InvalidArgumentError("--image-size", "must be a multiple of 32 from 32 to 2048")
         self.image_size = image_size
@@ -92,8 +95,10 @@ class PairComparer:
         net = VariationNet(
             backbone, VARIATION_LAYERS[0], image_size, mean, std, **{**options, "tolerance_rel": 0.0}
         )
-        self.net = net.eval()
-        load_weights(self.net.feature_extractor.feature_extractor, backbone, backbone_weights)
+        load_weights(net.feature_extractor.feature_extractor, backbone, backbone_weights)
+        twin, self.runtime = inference_net(net.eval(), image_size, runtime, torch.device("cpu"))
+        assert isinstance(twin, VariationNet)  # a copy of it, its extractor compiled or not
+        self.net = twin
 
     @torch.no_grad()
     def compare(self, image: NDArray[np.uint8], template: NDArray[np.uint8]) -> PairResult:

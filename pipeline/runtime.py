@@ -22,6 +22,7 @@ Rules:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -36,6 +37,8 @@ import torch
 from torch import nn
 
 from defectscan.pipeline.errors import InvalidArgumentError
+from defectscan.pipeline.folded import folded_copy
+from defectscan.pipeline.fusion import FusedNet
 from defectscan.pipeline.model_config import RUNTIMES
 
 log = logging.getLogger("defectscan.runtime")
@@ -91,19 +94,72 @@ class CompiledExtractor(nn.Module):
             }
 
 
+def extractor_slots(net: nn.Module, image_size: int) -> list[tuple[str, int]]:
+    """``(attribute, input size)`` of each feature extractor ``net`` runs: STFPM's teacher and student,
+    else one ``feature_extractor`` (at the variation model's ``feature_size`` where it has one)."""
+    modules = net._modules
+    if isinstance(modules.get("teacher_model"), nn.Module) and isinstance(
+        modules.get("student_model"), nn.Module
+    ):
+        return [("teacher_model", image_size), ("student_model", image_size)]
+    if isinstance(modules.get("feature_extractor"), nn.Module):
+        return [("feature_extractor", int(getattr(net, "feature_size", image_size)))]
+    return []
+
+
+def inference_net(
+    net: nn.Module, image_size: int, runtime: Runtime | None, device: torch.device
+) -> tuple[nn.Module, str]:
+    """``net`` scoring through other copies of its feature extractors (parameters, buffers, the memory
+    bank and every other module shared with ``net``): compiled by OpenVINO where ``runtime`` says so
+    and they can be, else, for a network that takes normalised images, with batch norm folded
+    (:mod:`pipeline.folded`); ``net`` itself where neither applies. A fused network's members each.
+    Also where its extractors run: ``openvino``, ``torch``, or ``openvino+torch`` where some could not
+    be compiled."""
+    chosen = runtime or Runtime()
+    if isinstance(net, FusedNet):
+        twins = {name: inference_net(m, image_size, chosen, device) for name, m in net.members.items()}
+        fused = copy.copy(net)  # shares the normalisation buffers
+        fused._modules = {**net._modules, "members": nn.ModuleDict({n: t for n, (t, _) in twins.items()})}
+        return fused, _where([u for _, u in twins.values()])
+    runners: dict[str, nn.Module] = {}
+    used = []
+    for attr, size in extractor_slots(net, image_size):
+        module = net._modules[attr]
+        assert module is not None
+        probe = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        runner: nn.Module | None = None
+        if chosen.name == "openvino" and device.type == "cpu":
+            what = f"{type(net).__name__.lower()}-{attr.removesuffix('_model').replace('_', '-')}"
+            runner = compiled_extractor(module, size, chosen, probe, what)
+        used.append("openvino" if runner is not None else "torch")
+        if runner is None and attr == "feature_extractor" and not getattr(net, "takes_pixels", False):
+            runner = folded_copy(module, probe.to(device))
+        if runner is not None:
+            runners[attr] = runner
+    if not runners:
+        return net, _where(used)
+    twin = copy.copy(net)
+    twin._modules = {**net._modules, **runners}
+    return twin, _where(used)
+
+
+def _where(used: list[str]) -> str:
+    """``openvino``, ``torch`` or ``openvino+torch`` for the runtimes of a network's extractors."""
+    parts = sorted({part for u in used for part in u.split("+")})
+    return "+".join(parts) if parts else "torch"
+
+
 @contextmanager
-def extractor_swapped(net: nn.Module, runner: nn.Module | None) -> Iterator[None]:
-    """``net`` running ``runner`` as its feature extractor inside the block (its own is put back after:
-    the saved state stays torch's); nothing changes with ``runner`` None."""
-    if runner is None:
-        yield
-        return
-    original = net._modules["feature_extractor"]
-    net._modules["feature_extractor"] = runner
+def extractors_swapped(net: nn.Module, runners: dict[str, nn.Module]) -> Iterator[None]:
+    """``net`` running ``runners`` in place of its modules of the same names inside the block (its own
+    are put back after: the saved state stays torch's)."""
+    originals = {name: net._modules[name] for name in runners}
+    net._modules.update(runners)
     try:
         yield
     finally:
-        net._modules["feature_extractor"] = original
+        net._modules.update(originals)
 
 
 def compiled_extractor(

@@ -18,7 +18,6 @@ the threshold exactly when some pixel of its map does. It is never clipped; ``no
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,11 +32,10 @@ from defectscan.pipeline import fusion, tta
 from defectscan.pipeline.backbone import normalization
 from defectscan.pipeline.calibration import Calibration
 from defectscan.pipeline.errors import InvalidArgumentError
-from defectscan.pipeline.folded import folded_copy
 from defectscan.pipeline.fusion import FusedNet
 from defectscan.pipeline.model_config import ModelConfig
 from defectscan.pipeline.preprocess import Normaliser, pixel_batch, standardised
-from defectscan.pipeline.runtime import Runtime, compiled_extractor
+from defectscan.pipeline.runtime import CompiledExtractor, Runtime, inference_net
 
 
 @dataclass
@@ -87,15 +85,17 @@ class CropScorer:
         self.runtime = "torch"
         self.net = net
         if fold:
-            self.net, self.runtime = inference_net(net, config.image_size, runtime or Runtime())
+            self.net, self.runtime = inference_net(net, config.image_size, runtime, device())
 
-    def compiled_extractor(self) -> nn.Module | None:
-        """The network's feature extractor as compiled by OpenVINO, where it runs there (training runs
-        its features through it too); else None."""
-        if self.runtime != "openvino":
-            return None
-        runner = self.net._modules.get("feature_extractor")
-        return runner if isinstance(runner, nn.Module) else None
+    def frozen_compiled(self, member: str | None = None) -> dict[str, nn.Module]:
+        """The compiled extractors of the network (of a fused network's ``member``) that training does not
+        change (every one but STFPM's student): training runs its features through them too."""
+        net = self.net.members[member] if isinstance(self.net, FusedNet) and member else self.net
+        return {
+            name: module
+            for name, module in net._modules.items()
+            if isinstance(module, CompiledExtractor) and name != "student_model"
+        }
 
     def pixels(self, images: Sequence[NDArray[np.uint8]]) -> torch.Tensor:
         """Crops as a [0, 1] batch at the model's size, on the model's device (standardised where the
@@ -153,32 +153,6 @@ class CropScorer:
                 name: self.member_maps(member, batch, fusion.member_views(name, self.config.tta_views))
                 for name, member in self.net.members.items()
             }
-
-
-def inference_net(net: nn.Module, image_size: int, runtime: Runtime | None = None) -> tuple[nn.Module, str]:
-    """``net`` scoring through another copy of its feature extractor (the other modules, the memory bank
-    and every buffer shared with ``net``): compiled by OpenVINO where ``runtime`` says so and it can
-    be, else folded; or ``net`` itself where neither applies. Also the runtime the extractor runs in."""
-    extractor = getattr(net, "feature_extractor", None)
-    if (
-        isinstance(net, FusedNet)
-        or getattr(net, "takes_pixels", False)
-        or not isinstance(extractor, nn.Module)
-    ):
-        return net, "torch"
-    probe = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    runner: nn.Module | None = None
-    chosen = runtime or Runtime()
-    if chosen.name == "openvino" and device().type == "cpu":
-        runner = compiled_extractor(extractor, image_size, chosen, probe, type(net).__name__.lower())
-    used = "openvino" if runner is not None else "torch"
-    if runner is None:
-        runner = folded_copy(extractor, probe.to(device()))
-    if runner is None:
-        return net, used
-    twin = copy.copy(net)  # shares parameters, buffers (the memory bank) and the other modules
-    twin._modules = {**net._modules, "feature_extractor": runner}
-    return twin, used
 
 
 def filled(

@@ -405,7 +405,9 @@ def evaluate(
     from defectscan.worker.evaluation import run_evaluation, run_pair_evaluation
 
     if pairs is not None:
-        result = run_pair_evaluation(PairComparer(image_size=image_size), read_pairs(pairs))
+        result = run_pair_evaluation(
+            PairComparer(image_size=image_size, runtime=configured_runtime(runtime)), read_pairs(pairs)
+        )
     elif model_dir is None or (data is None) == (manifest is None):
         raise click.UsageError("give --model and one of --data and --manifest, or --pairs")
     else:
@@ -487,7 +489,7 @@ def inspect(
     storage = LocalStorage(out)
     options = OutputOptions(save_maps=save_maps, lookout_compat=lookout_compat, pictures=pictures)
     if pairs is not None:
-        comparer = PairComparer(image_size=image_size)
+        comparer = PairComparer(image_size=image_size, runtime=configured_runtime(runtime))
         rows = read_pairs(pairs)
         templates: dict[str, Path] = {}
         items = []

@@ -21,9 +21,11 @@ from defectscan.producer import cli as cli_module
 from defectscan.producer.cli import cli
 from defectscan.producer.exits import ANY_COMMAND, COMMANDS, Exit
 from defectscan.worker.dev_redis import free_port
+from defectscan.worker.settings import CLIENT_ENV
 from tests.stand_in import stand_in_model
 
 BIN = Path(sys.executable).parent / "defectscan"
+NO_BROKER = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
 UNREACHABLE_S3 = {
     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
     "AWS_ACCESS_KEY_ID": "key",
@@ -161,11 +163,13 @@ def _one_line(result: Result) -> str:
 def test_a_mistake_gets_one_line_and_its_exit_status(
     case: Case, root: Path, quick: None, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if case.broker:
-        monkeypatch.setenv("DEFECTSCAN_BROKER_URL", redis_url)
+    # whatever an earlier test left in the environment (the session's `env` fixture sets a broker
+    # and an S3 store): a broker that answers only where the case says, no S3 but the case's own
+    monkeypatch.setenv("DEFECTSCAN_BROKER_URL", redis_url if case.broker else NO_BROKER)
+    for name in (*CLIENT_ENV, "DEFECTSCAN_REGISTRY", "DEFECTSCAN_S3_MAX_ATTEMPTS"):
+        monkeypatch.delenv(name, raising=False)
     for key, value in case.env:
         monkeypatch.setenv(key, value)
-    monkeypatch.delenv("DEFECTSCAN_REGISTRY", raising=False)
     args = [a.format(root=root, model=root / "model") for a in case.args]
     result = CliRunner().invoke(cli, args)
     line = _one_line(result)
@@ -189,6 +193,7 @@ def test_every_command_of_the_table_is_driven_through_its_mistakes() -> None:
 
 
 def test_wait_for_a_broker_that_is_down_is_bounded_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEFECTSCAN_BROKER_URL", NO_BROKER)
     result = CliRunner().invoke(cli, ["wait", "b1", "--timeout", "1", "--interval", "0.2"])
     assert result.exit_code == Exit.TIMEOUT, result.output
     assert "waiting for it" in result.stderr and "still unavailable" in result.stderr

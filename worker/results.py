@@ -39,12 +39,14 @@ SUMMARY = "summary.json"
 
 
 def require_run(store: Storage) -> None:
-    """Raise :class:`NotFoundError` unless ``store`` holds a run: a batch (its ``batch.json``, written
-    first) or a local ``inspect`` output (its ``summary.json``)."""
-    if not (store.exists(BATCH_JSON) or store.exists(SUMMARY)):
-        raise NotFoundError(
-            store.location, "no run here (a batch folder, a batch id with --out, or an inspect output)"
-        )
+    """Raise :class:`NotFoundError` when nothing is stored at ``store``: no batch (its ``batch.json`` is
+    written first), no run's summary, no object at all (a run whose summary was never written still
+    has its verdicts)."""
+    if store.exists(BATCH_JSON) or store.exists(SUMMARY) or next(iter(store.objects()), None):
+        return
+    raise NotFoundError(
+        store.location, "no run here (a batch folder, a batch id with --out, or an inspect output)"
+    )
 
 
 def write_inspection(out: Storage, key: str, result: Inspection, options: OutputOptions) -> Verdict:

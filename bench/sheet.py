@@ -14,7 +14,8 @@ local ``inspect`` path, report included).
   of git ``REF`` (checked out with ``git worktree``), the two run alternately in child processes;
   the ratio of sheets/s.
 
-    make demo && .venv/bin/python bench/sheet.py [--sheets 8] [--baseline main] [--anomalib] [--json out.json]
+    make demo && .venv/bin/python bench/sheet.py [--sheets 8] [--baseline main] [--runtime auto|torch]
+        [--anomalib] [--json out.json]
 """
 
 from __future__ import annotations
@@ -57,8 +58,10 @@ from defectscan.pipeline.verdict import ModelInfo
 from defectscan.producer.inspect_files import run_inspection
 from defectscan.worker.storage import LocalStorage
 
-model_dir, template, sheets, out, repeats = sys.argv[1:6]
+model_dir, template, sheets, out, repeats, runtime, cache = sys.argv[1:8]
 model = AnomalyModel.load(model_dir)
+if hasattr(model, "use_runtime"):  # a tree with runtimes: the one asked for (a baseline has torch only)
+    model = model.use_runtime(runtime, Path(cache))
 segmenter = Segmenter(decode_image(Path(template).read_bytes(), template),
                       SegmentOptions(scales=parse_range("@SCALES@")))
 items = sorted((p.relative_to(sheets).as_posix(), p) for p in Path(sheets).rglob("*.png"))
@@ -86,10 +89,15 @@ def write_sheets(folder: Path, count: int) -> None:
     write_sheet_images(LocalStorage(folder), count, 7, 0.25, SheetSpec())
 
 
-def run_job(python_path: str, model: Path, template: Path, sheets: Path, out: Path, repeats: int) -> float:
-    """Seconds per sheet of the job in a child process with ``python_path`` first on its path."""
+def run_job(
+    python_path: str, model: Path, template: Path, sheets: Path, out: Path, repeats: int, runtime: str
+) -> float:
+    """Seconds per sheet of the job in a child process with ``python_path`` first on its path (its
+    networks in ``runtime`` where that tree has runtimes; compiled networks cached beside ``out``)."""
     env = {**os.environ, "PYTHONPATH": python_path}
+    cache = str(out.parent / "ir-cache")
     args = [sys.executable, "-c", JOB, str(model), str(template), str(sheets), str(out), str(repeats)]
+    args += [runtime, cache]
     done = subprocess.run(args, env=env, capture_output=True, text=True, check=True, cwd=python_path)
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     return float(figures["seconds"]) / int(figures["sheets"])
@@ -238,6 +246,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="With --baseline: alternations.")
     parser.add_argument("--anomalib", action="store_true", help="Also time anomalib's Engine.predict.")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--runtime", default="auto", choices=("auto", "torch", "openvino"), help="Where the networks run."
+    )
     args = parser.parse_args()
 
     from defectscan.pipeline.images import decode_image
@@ -249,7 +260,8 @@ def main() -> None:
         work = Path(folder)
         write_sheets(work / "sheets", args.sheets)
         model_dir, template = args.model.resolve(), args.template.resolve()
-        model = AnomalyModel.load(model_dir)
+        model = AnomalyModel.load(model_dir).use_runtime(args.runtime, work / "ir-cache")
+        figures["runtime"] = model.runtime_used
         segmenter = Segmenter(
             decode_image(template.read_bytes(), str(template)), SegmentOptions(scales=parse_range(SCALES))
         )
@@ -286,12 +298,19 @@ def main() -> None:
             try:
                 ours, theirs = [], []
                 for r in range(args.rounds):
-                    theirs.append(
-                        run_job(str(base), model_dir, template, work / "sheets", work / f"b{r}", args.repeats)
-                    )
-                    ours.append(
-                        run_job(str(ROOT), model_dir, template, work / "sheets", work / f"o{r}", args.repeats)
-                    )
+                    for tree, runs, name in ((base, theirs, "b"), (ROOT, ours, "o")):
+                        out = work / f"{name}{r}"
+                        runs.append(
+                            run_job(
+                                str(tree),
+                                model_dir,
+                                template,
+                                work / "sheets",
+                                out,
+                                args.repeats,
+                                args.runtime,
+                            )
+                        )
             finally:
                 subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
             figures.update(
@@ -300,7 +319,8 @@ def main() -> None:
                 baseline_seconds_per_sheet=statistics.median(theirs),
                 speedup_over_baseline=statistics.median(theirs) / statistics.median(ours),
             )
-    print(f"whole job, {args.sheets} sheets of 8 instances (TTA {','.join(model.config.tta_views)}):")
+    views = ",".join(model.config.tta_views)
+    print(f"whole job, {args.sheets} sheets of 8 instances (TTA {views}; networks in {figures['runtime']}):")
     print(f"  {figures['sheets_per_s']:.3f} sheets/s, {figures['crops_per_s']:.2f} crops/s (stages timed)")
     for stage, share in figures["stage_share"].items():
         print(f"  {stage:<11} {100 * share:5.1f} %")

@@ -112,7 +112,8 @@ def _book(batch_id: str, wait_s: float) -> BatchBook:
 
 
 def _finished(book: BatchBook, counts: BatchCounts) -> bool:
-    return counts.finished and book.finalized()
+    """Every image has a verdict (a batch of none has nothing to wait for) and the summary is written."""
+    return (counts.finished or counts.total == 0) and book.finalized()
 
 
 def _unavailable(exc: Exception) -> Unavailable:
@@ -170,10 +171,11 @@ def status(batch_id: str, as_json: bool, out: str | None) -> None:
     book = _book(batch_id, FIRST_CONTACT_S)
     try:
         counts = book.counts()
-        finished = _finished(book, counts) if counts.total else False
+        known = book.known()
+        finished = known and _finished(book, counts)
     except redis.exceptions.RedisError as exc:
         raise _unavailable(exc) from None
-    if not counts.total:
+    if not known:
         if out is None:
             raise NotFound(
                 f"no batch {batch_id!r} is known to the broker: check the id, or give --out to count from "
@@ -266,7 +268,7 @@ def wait(batch_id: str, timeout: float, interval: float, stalled_after: float, o
                     away = True
                 finished = False
             else:
-                if not counts.total and not finished:  # the broker does not know it: do the files?
+                if not finished and not book.known():  # the broker does not know it: do the files?
                     if store is None:
                         raise _unknown_batch(batch_id, store)
                     counts, finished = storage_counts(store, batch_id)

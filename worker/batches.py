@@ -221,6 +221,11 @@ class BatchBook:
     def finalized(self) -> bool:
         return bool(self.client.exists(self._key("finalized")))
 
+    def known(self) -> bool:
+        """Whether the broker has this batch (its ``total``, set when it is enqueued; a batch may have
+        no image)."""
+        return bool(self.client.exists(self._key("total")))
+
     def forget(self) -> None:
         self.client.delete(*self.keys())
         self.client.srem(RUNNING, self.batch_id)

@@ -77,6 +77,19 @@ def test_wait_exits_4_for_a_stalled_batch_and_keeps_waiting_while_a_chunk_runs(b
     assert "stalled" in stalled.output and f"--batch-id {book.batch_id}" in stalled.output
 
 
+def test_a_batch_of_no_image_is_known_and_finishes(book: BatchBook) -> None:
+    """A night the line did not run is a batch of none: known, and finished once its summary is written
+    (not an unknown id, nor a batch that never finishes)."""
+    book.start(0)
+    running = CliRunner().invoke(cli, ["status", book.batch_id, "--json"])
+    assert running.exit_code == 0 and json.loads(running.stdout)["state"] == "running"
+    book.mark_finalized()
+    done = CliRunner().invoke(cli, ["wait", book.batch_id, "--interval", "0.2", "--timeout", "10"])
+    assert done.exit_code == 0 and "0 done, 0 failed, of 0" in done.stdout
+    shown = CliRunner().invoke(cli, ["status", book.batch_id, "--json"])
+    assert json.loads(shown.stdout)["state"] == "finished"
+
+
 def test_wait_and_status_ride_out_a_broker_that_is_away(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

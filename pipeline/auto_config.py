@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict
 
 from defectscan.pipeline.errors import InvalidArgumentError
 from defectscan.pipeline.evaluate import aupro, auroc
-from defectscan.pipeline.model_config import PADIM_LAYERS, ModelConfig
+from defectscan.pipeline.model_config import DEFAULT_BUDGET_MIN, PADIM_LAYERS, ModelConfig
 from defectscan.pipeline.planted_defects import KINDS, placement, planted_set
 from defectscan.pipeline.training_set import reference_image
 
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 MARGIN = 0.005  # how much a costlier candidate must gain on the criterion to be preferred
 GRID = 256  # px: the grid maps and masks are compared on
 FINE_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
-DEFAULT_BUDGET_MIN = 60.0
 # time against PatchCore at the same size, measured (docs/benchmarks.md): a stride-4 layer quadruples
 # PatchCore's patches
 _COST = {"patchcore": 1.0, "padim": 1.2, "patchcore+variation": 1.25}

@@ -32,7 +32,7 @@ from defectscan.pipeline.geometry import placement_matrix
 from defectscan.pipeline.grade import grade_regions, level_of
 from defectscan.pipeline.images import DEFAULT_MAX_PIXELS, decode_oriented, gray_rgb, is_gray
 from defectscan.pipeline.model import AnomalyModel
-from defectscan.pipeline.outputs import Pictures, wanted
+from defectscan.pipeline.outputs import Inspection, Pictures, wanted
 from defectscan.pipeline.pairs import PairComparer
 from defectscan.pipeline.regions import region_map
 from defectscan.pipeline.render import heatmap_overlay, label_defects
@@ -41,15 +41,6 @@ from defectscan.pipeline.segment import Detection, Segmenter
 from defectscan.pipeline.verdict import Defect, ImageInfo, Instance, ModelInfo, Note, Verdict, error_verdict
 
 log = logging.getLogger("defectscan.inspection")
-
-
-@dataclass
-class Inspection:
-    verdict: Verdict
-    anomaly_map: NDArray[np.float32] | None = field(default=None, repr=False)
-    heatmap: NDArray[np.uint8] | None = field(default=None, repr=False)
-    crop_heatmaps: list[NDArray[np.uint8] | None] = field(default_factory=list, repr=False)
-    type_mask: NDArray[np.uint8] | None = field(default=None, repr=False)
 
 
 class _Clock:

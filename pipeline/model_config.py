@@ -29,6 +29,7 @@ INTENSITIES = ("as-is", "standardised")
 DEFAULT_VIEWS = ("identity", "hflip", "vflip")
 # where a model's networks run (pipeline.runtime): auto is OpenVINO on a CPU, torch on CUDA
 RUNTIMES = ("auto", "torch", "openvino")
+DEFAULT_BUDGET_MIN = 60.0  # train --auto's time budget (pipeline.auto_config), a nightly window on a CPU
 
 
 def default_layers(method: str) -> tuple[str, ...]:

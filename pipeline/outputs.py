@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
+from numpy.typing import NDArray
 from pydantic import BaseModel
 
 from defectscan.pipeline.defect_mask import colour_mask
@@ -25,8 +26,17 @@ from defectscan.pipeline.images import encode_png
 from defectscan.pipeline.lookout import detect_anomalies_response, detect_anomaly_result
 from defectscan.pipeline.verdict import Verdict
 
-if TYPE_CHECKING:  # the inspection imports the models (torch); finishing one does not need them
-    from defectscan.pipeline.inspection import Inspection
+
+@dataclass
+class Inspection:
+    """What inspecting one image gives (:mod:`pipeline.inspection`): its verdict, and the maps and
+    pictures its files are made from (None where they are not wanted)."""
+
+    verdict: Verdict
+    anomaly_map: NDArray[np.float32] | None = field(default=None, repr=False)
+    heatmap: NDArray[np.uint8] | None = field(default=None, repr=False)
+    crop_heatmaps: list[NDArray[np.uint8] | None] = field(default_factory=list, repr=False)
+    type_mask: NDArray[np.uint8] | None = field(default=None, repr=False)
 
 
 Pictures = Literal["all", "defects", "none"]

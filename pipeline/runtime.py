@@ -1,4 +1,4 @@
-"""Where a model's feature extractor runs: PyTorch as it is, or compiled by OpenVINO on the CPU.
+"""Where a model's feature extractors run: PyTorch as they are, or compiled by OpenVINO on the CPU.
 
 Rules:
 

@@ -29,10 +29,11 @@ from defectscan.pipeline.errors import DefectscanError, ModelFormatError, ModelN
 from defectscan.pipeline.images import decode_image, encode_png
 from defectscan.pipeline.model_card import model_card
 from defectscan.pipeline.model_doc import SCHEMA, ModelDoc
-from defectscan.pipeline.regions import RegionMap, from_png_rgb, region_map
 
 if TYPE_CHECKING:
     import torch
+
+    from defectscan.pipeline.regions import RegionMap
 
 MODEL_JSON = "model.json"
 MODEL_CARD = "MODEL_CARD.md"
@@ -140,6 +141,8 @@ def read_model(directory: str | Path) -> SavedModel:
         raise ModelFormatError(str(path / WEIGHTS), f"cannot read the weights ({exc})") from None
     reference = regions = None
     if (path / REFERENCE).is_file():
+        from defectscan.pipeline.regions import from_png_rgb, region_map  # OpenCV: loading a model
+
         reference = decode_image((path / REFERENCE).read_bytes(), str(path / REFERENCE))
         labelled = path / REGIONS
         regions = (

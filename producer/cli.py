@@ -15,14 +15,12 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
-from defectscan.pipeline.auto_config import fit_auto
 from defectscan.pipeline.calibration import MIN_NEW_CONDITION, Calibration
 from defectscan.pipeline.errors import InvalidArgumentError
 from defectscan.pipeline.images import decode_image, encode_png
 from defectscan.pipeline.model_config import INTENSITIES, LITE2, METHODS, ModelConfig
-from defectscan.pipeline.outputs import OutputOptions
+from defectscan.pipeline.outputs import Inspection, OutputOptions
 from defectscan.pipeline.saved_model import read_doc
-from defectscan.pipeline.segment import Segmenter
 from defectscan.pipeline.verdict import ModelInfo, Verdict
 from defectscan.producer.augment_cli import augment
 from defectscan.producer.batch_cli import BATCH_COMMANDS
@@ -43,15 +41,20 @@ from defectscan.producer.options import (
 )
 from defectscan.producer.report_cli import report
 from defectscan.producer.review_cli import review
-from defectscan.producer.synth_files import write_synthetic_set
 from defectscan.producer.threshold_cli import threshold
-from defectscan.worker.augmentation import aux_sources
-from defectscan.worker.datasets import ImageSet, expand_inputs, mvtec_test_items, read_folder, read_pairs
+from defectscan.worker.datasets import (
+    IMAGE_SUFFIXES,
+    ImageSet,
+    expand_inputs,
+    mvtec_test_items,
+    read_folder,
+    read_pairs,
+)
 from defectscan.worker.model_cache import configured_runtime
 from defectscan.worker.storage import LocalStorage, read_local
 
-if TYPE_CHECKING:  # the commands import torch-backed modules where they run: --help stays fast
-    from defectscan.pipeline.inspection import Inspection
+if TYPE_CHECKING:  # the commands import torch- and OpenCV-backed modules where they run: --help stays fast
+    from defectscan.pipeline.segment import Segmenter
 
 
 def _parse_box(text: str) -> tuple[int, int, int, int]:
@@ -80,9 +83,7 @@ class Cli(click.Group):
         argv = list(sys.argv[1:] if args is None else args)
         try:
             result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
-        except SystemExit:
-            raise
-        except (Exception, KeyboardInterrupt) as exc:
+        except (Exception, KeyboardInterrupt) as exc:  # not SystemExit: a command's own exit status
             if not standalone_mode:
                 raise
             if isinstance(exc, click.exceptions.NoArgsIsHelpError):  # a bare group: its help, as asked
@@ -107,6 +108,8 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 def synth(out: Path, sheets: int, defect_rate: float, seed: int) -> None:
     """Generate synthetic print sheets with ground truth, and MVTec-style aligned crops, into OUT."""
+    from defectscan.producer.synth_files import write_synthetic_set  # OpenCV: only where sheets are drawn
+
     with progress_bar(sheets, "synth") as bar:
         counts = write_synthetic_set(
             LocalStorage(out), sheets, defect_rate, seed, on_sheet=lambda _: bar.advance(bar.task_ids[0])
@@ -139,6 +142,8 @@ def template_cut(image: Path, box: str, out: Path) -> None:
 def _segmenter(
     template_path: Path, angles: str, scales: str, min_score: float, max_instances: int, pyramid: bool
 ) -> Segmenter:
+    from defectscan.pipeline.segment import Segmenter
+
     options = search_options(angles, scales, min_score, max_instances, pyramid)
     return Segmenter(decode_image(read_local(template_path), str(template_path)), options)
 
@@ -294,7 +299,9 @@ def train(
             if val_defects is None and (staged / "test").is_dir():
                 val_defects = staged / "test"
         assert ok_dir is not None
+        from defectscan.pipeline.auto_config import fit_auto
         from defectscan.pipeline.model import AnomalyModel
+        from defectscan.worker.augmentation import aux_sources
 
         networks_in = configured_runtime(runtime)
 
@@ -478,7 +485,7 @@ def inspect(
             raise click.UsageError("give INPUT_DIR and --model, or --pairs")
         items = [(_relative(path, input_dir), path) for path in expand_inputs([input_dir])]
         if not items:
-            raise InvalidArgumentError(str(input_dir), "holds no images (png, jpg, bmp, tif)")
+            raise InvalidArgumentError(str(input_dir), f"holds no images ({', '.join(IMAGE_SUFFIXES)})")
         read_doc(model_dir)  # no model there: said before torch is loaded
     from defectscan.pipeline.inspection import Inspector, inspect_pair
     from defectscan.pipeline.model import AnomalyModel

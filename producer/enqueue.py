@@ -29,7 +29,7 @@ from pathlib import Path
 from defectscan.pipeline.errors import InvalidArgumentError, NotFoundError
 from defectscan.pipeline.images import DEFAULT_MAX_PIXELS
 from defectscan.pipeline.outputs import OutputOptions, is_verdict_key
-from defectscan.pipeline.segment import SegmentOptions
+from defectscan.pipeline.search_options import SegmentOptions
 from defectscan.pipeline.verdict import Verdict
 from defectscan.worker.app import app, send_chunk
 from defectscan.worker.batch_spec import (
@@ -92,8 +92,9 @@ def _create(
     if require_images and not images:
         if not is_remote(inputs) and not Path(inputs).is_dir():
             raise InvalidArgumentError(inputs, "no such folder: check the location")
-        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
-        raise InvalidArgumentError(inputs, f"holds no images ({kinds}): check the location")
+        raise InvalidArgumentError(
+            inputs, f"holds no images ({', '.join(IMAGE_SUFFIXES)}): check the location"
+        )
     if template is not None:
         store.put(TEMPLATE_KEY, read_location(template), "image/png")
     manifest = "".join(json.dumps(_manifest_line(k, s, e)) + "\n" for k, s, e in images)

@@ -134,7 +134,7 @@ def outcome(exc: BaseException) -> tuple[Exit, str, str]:
         where = exc.ctx.command_path if exc.ctx is not None else "defectscan"
         return Exit.USAGE, f"{exc.format_message()} (see `{where} --help`)", TAGS[Exit.USAGE]
     if isinstance(exc, click.ClickException):
-        status = Exit(exc.exit_code) if exc.exit_code in Exit._value2member_map_ else Exit.FAILED
+        status = next((e for e in Exit if e == exc.exit_code), Exit.FAILED)
         return status, exc.format_message(), TAGS.get(status, "failed")
     if isinstance(exc, DefectscanError):
         return _defectscan_status(exc), str(exc), exc.code

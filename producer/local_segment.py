@@ -11,13 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
 from defectscan.pipeline.images import DEFAULT_MAX_PIXELS, decode_image, encode_png
-from defectscan.pipeline.segment import Detection, Segmenter
 from defectscan.worker.storage import LocalStorage, read_local
+
+if TYPE_CHECKING:  # OpenCV: only where a search runs
+    from defectscan.pipeline.segment import Detection, Segmenter
 
 SCHEMA = "defectscan.segments/1"
 

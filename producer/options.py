@@ -6,10 +6,9 @@ from collections.abc import Callable
 
 import click
 
-from defectscan.pipeline.auto_config import DEFAULT_BUDGET_MIN
 from defectscan.pipeline.images import DEFAULT_MAX_PIXELS
-from defectscan.pipeline.model_config import RUNTIMES
-from defectscan.pipeline.segment import SegmentOptions, parse_range
+from defectscan.pipeline.model_config import DEFAULT_BUDGET_MIN, RUNTIMES
+from defectscan.pipeline.search_options import SegmentOptions, parse_range
 
 
 def segment_options(fn: Callable[..., None]) -> Callable[..., None]:

@@ -16,7 +16,7 @@ from defectscan.pipeline.errors import InvalidArgumentError
 from defectscan.pipeline.images import encode_png
 from defectscan.pipeline.nuisance import NuisanceRanges
 from defectscan.pipeline.style import DEFAULT_METHOD, Method, Style, fit_style
-from defectscan.worker.retrain import read_images
+from defectscan.worker.datasets import read_images
 from defectscan.worker.storage import open_storage
 
 AUGMENT_JSON = "augment.json"

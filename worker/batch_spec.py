@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from defectscan.pipeline.images import DEFAULT_MAX_PIXELS
 from defectscan.pipeline.outputs import OutputOptions
-from defectscan.pipeline.segment import SegmentOptions
+from defectscan.pipeline.search_options import SegmentOptions
 from defectscan.worker.storage import Storage, is_remote
 
 BATCH_SCHEMA = "defectscan.batch/1"

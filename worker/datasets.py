@@ -12,13 +12,14 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
 from defectscan.pipeline.images import decode_image
-from defectscan.worker.storage import read_local
+from defectscan.worker.storage import open_storage, read_local
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -114,3 +115,18 @@ def mvtec_test_items(root: Path) -> list[TestItem]:
     if not items:
         raise InvalidArgumentError(str(test), "holds no images")
     return items
+
+
+def read_images(location: str) -> tuple[list[Any], list[str], list[str]]:
+    """Decoded images under ``location`` (by suffix, key order), their keys, and the skipped ones' errors."""
+    store = open_storage(location)
+    images, names, skipped = [], [], []
+    for obj in store.objects():
+        if Path(obj.key).suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            images.append(decode_image(store.get(obj.key), f"{location.rstrip('/')}/{obj.key}"))
+            names.append(obj.key)
+        except DefectscanError as exc:
+            skipped.append(str(exc))
+    return images, names, skipped

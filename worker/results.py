@@ -14,7 +14,6 @@ records how long this run took.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,14 +24,11 @@ from defectscan.pipeline.errors import (
     WriteFailedError,
     error_code,
 )
-from defectscan.pipeline.outputs import OutputOptions, finish
+from defectscan.pipeline.outputs import Inspection, OutputOptions, finish
 from defectscan.pipeline.verdict import Text, Verdict, error_verdict
 from defectscan.worker.batch_spec import BATCH_JSON
 from defectscan.worker.item_keys import hashed_key, item_key
 from defectscan.worker.storage import Storage, StorageUnavailableError
-
-if TYPE_CHECKING:  # the inspection imports the models (torch); writing results does not need them
-    from defectscan.pipeline.inspection import Inspection
 
 SUMMARY_SCHEMA = "defectscan.summary/1"
 SUMMARY = "summary.json"

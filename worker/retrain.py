@@ -44,13 +44,13 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel
 
-from defectscan.pipeline.auto_config import DEFAULT_BUDGET_MIN
 from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
 from defectscan.pipeline.images import decode_image
+from defectscan.pipeline.model_config import DEFAULT_BUDGET_MIN
 from defectscan.pipeline.saved_model import MODEL_CARD
 from defectscan.worker.app import app
 from defectscan.worker.batches import TTL_S, connect
-from defectscan.worker.datasets import IMAGE_SUFFIXES, mvtec_test_items
+from defectscan.worker.datasets import mvtec_test_items, read_images
 from defectscan.worker.lookout_import import import_manifests
 from defectscan.worker.model_cache import configured_runtime
 from defectscan.worker.registry import Registry
@@ -141,21 +141,6 @@ class RetrainBook:
 
 def _now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def read_images(location: str) -> tuple[list[Any], list[str], list[str]]:
-    """Decoded images under ``location`` (by suffix, key order), their keys, and the skipped ones' errors."""
-    store = open_storage(location)
-    images, names, skipped = [], [], []
-    for obj in store.objects():
-        if Path(obj.key).suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        try:
-            images.append(decode_image(store.get(obj.key), f"{location.rstrip('/')}/{obj.key}"))
-            names.append(obj.key)
-        except DefectscanError as exc:
-            skipped.append(str(exc))
-    return images, names, skipped
 
 
 def read_training_set(req: RetrainRequest) -> tuple[list[Any], list[str], list[str], list[Any]]:

@@ -30,7 +30,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defectscan.pipeline.errors import DefectscanError, InvalidArgumentError
-from defectscan.pipeline.geometry import crop_at_pose, inside_at_pose, pose_of_box
 from defectscan.pipeline.images import decode_image, encode_png
 from defectscan.pipeline.outputs import is_verdict_key
 from defectscan.pipeline.verdict import Instance, Verdict
@@ -230,6 +229,8 @@ def feed_back(
 
 def _crop(image: np.ndarray, instance: Instance, template: np.ndarray | None) -> np.ndarray | None:
     """The instance's aligned crop, cut again as segmentation cut it (None where it leaves the image)."""
+    from defectscan.pipeline.geometry import crop_at_pose, inside_at_pose, pose_of_box  # OpenCV
+
     if template is None:
         return image
     pose = pose_of_box(instance.box, instance.angle, instance.scale)
@@ -253,6 +254,8 @@ def _map_crop(
         return None
     if template is None:
         return np.asarray(amap, np.float32)
+    from defectscan.pipeline.geometry import crop_at_pose, pose_of_box  # OpenCV: feedback only
+
     pose = pose_of_box(instance.box, instance.angle, instance.scale)
     height, width = template.shape[:2]
     return np.asarray(crop_at_pose(np.asarray(amap, np.float32), pose, width, height), np.float32)

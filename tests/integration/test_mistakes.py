@@ -16,8 +16,7 @@ from click.testing import CliRunner, Result
 
 from defectscan.pipeline.images import encode_png
 from defectscan.pipeline.synth import reference_template
-from defectscan.producer import batch_cli
-from defectscan.producer import cli as cli_module
+from defectscan.producer import batch_cli, synth_files
 from defectscan.producer.cli import cli
 from defectscan.producer.exits import ANY_COMMAND, COMMANDS, Exit
 from defectscan.worker.dev_redis import free_port
@@ -205,7 +204,7 @@ def test_an_unexpected_error_is_one_line_naming_its_logged_traceback(
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("the synthesiser broke")
 
-    monkeypatch.setattr(cli_module, "write_synthetic_set", broken)
+    monkeypatch.setattr(synth_files, "write_synthetic_set", broken)
     monkeypatch.setenv("DEFECTSCAN_CACHE", str(tmp_path / "cache"))
     result = CliRunner().invoke(cli, ["synth", str(tmp_path / "s"), "--sheets", "1"])
     line = _one_line(result)

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import openvino
 import pytest
 import torch
 
@@ -16,7 +17,6 @@ from defectscan.pipeline.pairs import PairComparer
 from defectscan.pipeline.runtime import Runtime, resolve
 from defectscan.pipeline.synth import render_instance
 
-openvino = pytest.importorskip("openvino")
 METHODS = ["patchcore", "padim", "stfpm", "variation", "patchcore+variation"]
 
 

@@ -1,4 +1,5 @@
-"""Commands that do not run a model start without torch or anomalib, and nothing third-party warns."""
+"""Commands that do not run a model start without torch, anomalib, OpenCV, SciPy, scikit-learn or
+OpenVINO, and nothing third-party warns."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ("torch", "anomalib", "timm", "lightning", "matplotlib")
+HEAVY = ("torch", "anomalib", "timm", "lightning", "matplotlib", "cv2", "scipy", "sklearn", "openvino")
 
 RUN = """
 import json, sys

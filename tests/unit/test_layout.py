@@ -123,3 +123,39 @@ def test_the_readme_table_of_exit_statuses_is_the_codes() -> None:
 
     assert markdown_table() in (ROOT / "README.md").read_text()  # python -m defectscan.producer.exits
     assert set(COMMANDS) <= set(cli.commands)  # type: ignore[attr-defined]
+
+
+def _module_imports(path: Path, package: str) -> set[str]:
+    """The ``defectscan`` modules a module imports at its top level (``if TYPE_CHECKING`` blocks too)."""
+    found = set()
+    tree = ast.parse(path.read_text())
+    nodes = [n for node in tree.body for n in ([node, *node.body] if isinstance(node, ast.If) else [node])]
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(package):
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith(package)}
+    return found
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    modules = {
+        f"defectscan.{folder}.{path.stem}": path
+        for folder in ("pipeline", "worker", "producer")
+        for path in (ROOT / folder).glob("*.py")
+        if path.stem != "__init__"
+    }
+    graph = {name: _module_imports(path, "defectscan.") & set(modules) for name, path in modules.items()}
+    state: dict[str, int] = {}  # 1: on the path being walked, 2: done
+
+    def walk(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for other in sorted(graph[name]):
+            assert state.get(other) != 1, " -> ".join([*path[path.index(other) :], other])
+            if other not in state:
+                walk(other, [*path, other])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            walk(name, [name])
